@@ -1,0 +1,317 @@
+"""Model loading: timm names and tags, local checkpoints, and the small models vitlens ships.
+
+``load_model`` returns a timm model in eval mode on the requested device, with a record of where
+its weights came from in ``model.vitlens_source`` (written into every run record).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import socket
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import timm
+import torch
+import torch.nn as nn
+
+from .errors import ModelLoadError
+
+__all__ = ["load_model", "read_state_dict", "zoo_models", "ZooModel", "model_source"]
+
+ZOO_DIR = Path(__file__).parent / "zoo"
+ZOO_PREFIX = "vitlens/"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema", "state_dict_ema")
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A small trained model shipped inside the package (see ``vitlens/zoo/``)."""
+
+    name: str
+    architecture: str
+    kwargs: dict = field(default_factory=dict)
+    weights: str = ""
+    accuracy: float | None = None
+    card: str = ""
+    description: str = ""
+
+    @property
+    def weights_path(self) -> Path:
+        return ZOO_DIR / self.weights
+
+
+def zoo_models() -> dict[str, ZooModel]:
+    """The shipped models by name, read from ``vitlens/zoo/*.json``."""
+    out = {}
+    for f in sorted(ZOO_DIR.glob("*.json")):
+        d = json.loads(f.read_text())
+        out[d["name"]] = ZooModel(**d)
+    return out
+
+
+def model_source(model: nn.Module) -> dict:
+    """Where a model's weights came from, as recorded by :func:`load_model` (empty if unknown)."""
+    return dict(getattr(model, "vitlens_source", {}) or {})
+
+
+# --------------------------------------------------------------------------- state dicts
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a PyTorch file without ever running code from it.
+
+    PyTorch files are read with ``torch.load(weights_only=True)``. Wrappers such as
+    ``{"state_dict": ...}`` or ``{"model": ...}`` and a ``module.`` prefix (DataParallel) are removed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"checkpoint {p} does not exist or is not a file.")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            sd: Any = load_file(str(p))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"checkpoint {p} is not a readable safetensors file ({e}); "
+                                 "it may be truncated or not a safetensors file at all.") from e
+    else:
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... here
+            msg = str(e).split("\n")[0]
+            if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+                raise ModelLoadError(
+                    f"checkpoint {p} was refused: it holds Python objects that could run code when "
+                    f"loaded, and vitlens only reads plain tensors ({msg}). Re-save it as a state dict "
+                    "(torch.save(model.state_dict(), path)) or as safetensors.") from e
+            raise ModelLoadError(f"checkpoint {p} could not be read as a PyTorch file ({msg}); it may "
+                                 "be truncated or in another format.") from e
+    sd = _unwrap(sd, p)
+    return sd
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
+        raise ModelLoadError(f"checkpoint {path} holds no state dict (a mapping of names to tensors); "
+                             f"found {type(obj).__name__}.")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _is_tensor_dict(d: Mapping) -> bool:
+    return len(d) > 0 and all(isinstance(k, str) for k in d) and \
+        sum(isinstance(v, torch.Tensor) for v in d.values()) >= max(1, len(d) // 2)
+
+
+def _mismatch(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[list, list, list]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
+             if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shape
+
+
+def _mismatch_message(name: str, path: Path, missing, unexpected, shape) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+    if shape:
+        parts.append(f"{len(shape)} of another shape (first: " + ", ".join(
+            f"{k} is {tuple(a)} in the checkpoint but {tuple(b)} in the model" for k, a, b in shape[:3]) + ")")
+    return (f"checkpoint {path} does not fit {name}: keys {'; '.join(parts)}. Check that the model "
+            "name is the architecture the checkpoint was trained with.")
+
+
+def _load_checkpoint_into(model: nn.Module, name: str, path: Path, sd: dict) -> None:
+    missing, unexpected, shape = _mismatch(model, sd)
+    if missing or unexpected or shape:
+        # Original-format checkpoints (OpenAI CLIP, DINOv2, ...) fit after timm's own key filter.
+        filt = getattr(__import__(type(model).__module__, fromlist=["_"]), "checkpoint_filter_fn", None)
+        if filt is not None:
+            try:
+                converted = filt(dict(sd), model)
+            except Exception:
+                converted = None
+            if converted is not None and not any(_mismatch(model, converted)):
+                sd = converted
+                missing, unexpected, shape = [], [], []
+    if missing or unexpected or shape:
+        raise ModelLoadError(_mismatch_message(name, path, missing, unexpected, shape))
+    model.load_state_dict(sd, strict=True)
+
+
+def _classifier_width(sd: Mapping[str, torch.Tensor], arch: str) -> int | None:
+    """Number of classes of a checkpoint's classifier, if it has the architecture's head."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    head = getattr(cfg, "classifier", None) if cfg is not None else None
+    heads = head if isinstance(head, (list, tuple)) else [head or "head"]
+    for h in heads:
+        w = sd.get(f"{h}.weight")
+        if w is not None and w.ndim >= 2:
+            return int(w.shape[0])
+    return None
+
+
+# --------------------------------------------------------------------------- hub access
+
+def _hub_host() -> tuple[str, int]:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    u = urllib.parse.urlparse(endpoint)
+    return u.hostname or "huggingface.co", u.port or (443 if u.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connection within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host, port = _hub_host()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub use its local cache only, so a missing file fails at once."""
+    import huggingface_hub.constants as c
+    old = c.HF_HUB_OFFLINE
+    c.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        c.HF_HUB_OFFLINE = old
+
+
+def _offline_message(name: str) -> str:
+    return (f"the pretrained weights of {name} could not be downloaded: the model hub is not reachable "
+            "from this machine and no local copy is cached. Pass a local checkpoint instead: "
+            f"load_model('{name.split('.')[0]}', checkpoint='weights.safetensors') in Python, or "
+            "--checkpoint PATH on the command line (use --random-init for random weights).")
+
+
+def _is_network_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        mod = type(e).__module__
+        if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)) or \
+                type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "URLError") or \
+                mod.startswith(("requests", "urllib3", "httpx", "httpcore")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# --------------------------------------------------------------------------- load_model
+
+def _unknown_name(name: str) -> ModelLoadError:
+    candidates = list(zoo_models()) + timm.list_models()
+    base = name.split(".")[0]
+    close = difflib.get_close_matches(base, candidates, n=5, cutoff=0.5)
+    hint = f" Closest names: {', '.join(close)}." if close else ""
+    return ModelLoadError(f"unknown model '{name}': timm has no such architecture and vitlens ships "
+                          f"no such model.{hint} List timm's with timm.list_models('*vit*').")
+
+
+def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
+               device: str | torch.device = "cpu", **timm_kwargs) -> nn.Module:
+    """Build a timm model, with weights from the hub, a local checkpoint, the zoo, or at random.
+
+    Args:
+        name: a timm model name with or without a pretrained tag
+            (``vit_base_patch16_224.augreg2_in21k_ft_in1k``), or a shipped model (``vitlens/...``).
+        pretrained: fetch the tag's weights from the hub (timm's cache is used first). False gives
+            random weights, for baselines. Ignored when ``checkpoint`` is given.
+        checkpoint: a local safetensors or PyTorch (.pth/.pt/.bin) state dict for the architecture.
+        device: where the model is placed.
+        **timm_kwargs: passed to ``timm.create_model`` (for example ``dynamic_img_size=True``).
+
+    Returns:
+        The model in eval mode, with ``model.vitlens_source`` recording its weights' origin.
+
+    Raises:
+        ModelLoadError: unknown name, weights that cannot be downloaded (within seconds when offline),
+            or a checkpoint that cannot be read, is unsafe, or does not fit.
+    """
+    zoo = zoo_models()
+    if name in zoo:
+        z = zoo[name]
+        kwargs = {**z.kwargs, **timm_kwargs}
+        use_zoo_weights = checkpoint is None and pretrained
+        model = timm.create_model(z.architecture, pretrained=False, **kwargs)
+        path = Path(checkpoint) if checkpoint is not None else z.weights_path
+        if checkpoint is not None or use_zoo_weights:
+            _load_checkpoint_into(model, name, path, read_state_dict(path))
+        source = {"name": name, "architecture": z.architecture, "tag": None,
+                  "weights": ("zoo:" + z.weights) if use_zoo_weights else
+                  (f"checkpoint:{path}" if checkpoint is not None else "random")}
+        return _finish(model, source, device)
+    if name.startswith(ZOO_PREFIX):
+        raise _unknown_name(name)
+
+    arch, tag = timm.models.split_model_name_tag(name.split(":", 1)[-1] if name.startswith("hf-hub:") else name)
+    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(arch):
+        raise _unknown_name(name)
+
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        sd = read_state_dict(path)
+        if "num_classes" not in timm_kwargs:
+            width = _classifier_width(sd, arch)
+            if width is not None:
+                timm_kwargs["num_classes"] = width
+        model = timm.create_model(arch, pretrained=False, **timm_kwargs)
+        _load_checkpoint_into(model, arch, path, sd)
+        return _finish(model, {"name": name, "architecture": arch, "tag": tag or None,
+                               "weights": f"checkpoint:{path}"}, device)
+
+    if not pretrained:
+        model = timm.create_model(arch, pretrained=False, **timm_kwargs)
+        return _finish(model, {"name": name, "architecture": arch, "tag": tag or None,
+                               "weights": "random"}, device)
+
+    online = hub_reachable()
+    try:
+        if online:
+            model = timm.create_model(name, pretrained=True, **timm_kwargs)
+        else:
+            with _hub_offline():
+                model = timm.create_model(name, pretrained=True, **timm_kwargs)
+    except RuntimeError as e:
+        if "No pretrained weights exist" in str(e) or "Invalid pretrained tag" in str(e):
+            raise ModelLoadError(f"timm has no pretrained weights for '{name}'. Pick a tag listed by "
+                                 f"timm.list_pretrained('{arch}*'), pass --checkpoint PATH, or use "
+                                 "random weights (--random-init).") from e
+        if _is_network_error(e):
+            raise ModelLoadError(_offline_message(name)) from e
+        raise
+    except Exception as e:
+        if _is_network_error(e) or not online:
+            raise ModelLoadError(_offline_message(name)) from e
+        raise
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return _finish(model, {"name": name, "architecture": arch, "tag": cfg.get("tag") or tag or None,
+                           "weights": "hub:" + str(cfg.get("hf_hub_id") or cfg.get("url") or name)}, device)
+
+
+def _finish(model: nn.Module, source: dict, device) -> nn.Module:
+    model.vitlens_source = source
+    return model.to(device).eval()
