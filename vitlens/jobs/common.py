@@ -1,0 +1,67 @@
+"""What every job shares: loading the models a command names, its images, progress bars, records."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterable, Sequence
+
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..data.images import ImageSet
+from ..layout import token_layout
+from ..models import load_model, model_source
+from ..errors import UnsupportedModelError
+
+__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record"]
+
+
+def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
+                **timm_kwargs) -> list[nn.Module]:
+    """Load every ``(name, checkpoint)`` pair; random weights when ``random_init``."""
+    return [load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device, **timm_kwargs)
+            for name, ckpt in specs]
+
+
+def images_for(model: nn.Module, args: argparse.Namespace, input_size=None) -> ImageSet:
+    """The image set a command's ``--images/--num-images/--sample/--seed`` name, with ``model``'s
+    own eval preprocessing."""
+    return ImageSet.for_model(model, args.images, input_size=input_size, num_images=args.num_images,
+                              sample=args.sample, seed=args.seed)
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "img",
+             enabled: bool = True):
+    """A tqdm progress bar on stderr (hidden when ``enabled`` is False)."""
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def display_name(model: nn.Module) -> str:
+    """The name a user gave for ``model`` (with its checkpoint's file name when there is one)."""
+    src = model_source(model)
+    name = src.get("name", type(model).__name__)
+    w = str(src.get("weights", ""))
+    if w.startswith("checkpoint:"):
+        from pathlib import Path
+        name += f" ({Path(w.split(':', 1)[1]).name})"
+    elif w == "random":
+        name += " (random init)"
+    return name
+
+
+def model_record(model: nn.Module, input_size=None) -> dict:
+    """Name, tag, weights' origin and token layout of a model, for run records."""
+    rec = model_source(model)
+    try:
+        rec["token_layout"] = token_layout(model, input_size).to_dict()
+    except UnsupportedModelError:
+        rec["token_layout"] = None
+    rec["class"] = f"{type(model).__module__}.{type(model).__name__}"
+    return rec
+
+
+def args_record(args: argparse.Namespace) -> dict:
+    """The command's arguments as plain JSON values (for the run record)."""
+    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
