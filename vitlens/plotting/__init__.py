@@ -5,10 +5,6 @@ Plot functions draw what a result object already holds; they never compute an an
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg", force=False) if matplotlib.get_backend().lower() == "" else None
-
 __all__ = ["new_axes", "MODEL_COLORS"]
 
 # Colour-blind-safe palette (Okabe & Ito), one colour per model in multi-model figures.
