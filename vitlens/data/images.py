@@ -114,7 +114,12 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            try:
+                img = Image.open(path)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise ValueError(f"image is over the limit of {max_pixels} pixels (a decompression-bomb "
+                                 f"guard): {e}") from None
+            with img:
                 if max_pixels is not None and img.width * img.height > max_pixels:
                     raise ValueError(f"{img.width} x {img.height} pixels is over the limit of "
                                      f"{max_pixels} (a decompression-bomb guard)")
@@ -133,11 +138,16 @@ def model_transform(model: nn.Module, input_size: int | Sequence[int] | None = N
 
     Returns:
         ``(transform, data_config)``; ``input_size`` overrides the config's size (for models built
-        with ``dynamic_img_size=True``).
+        with ``dynamic_img_size=True``). A ViT built for a fixed size other than its pretrained
+        config's (``img_size=384``, say) gets its built size.
     """
     import timm.data
 
     args = {}
+    pe = getattr(model, "patch_embed", None)
+    if input_size is None and pe is not None and getattr(pe, "img_size", None) is not None \
+            and not getattr(model, "dynamic_img_size", False):
+        input_size = pe.img_size  # a ViT built for another size than its pretrained config says
     if input_size is not None:
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)[-2:]
         args["input_size"] = (3, int(h), int(w))

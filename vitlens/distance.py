@@ -1,0 +1,323 @@
+"""Mean attention distance: how far each head looks, per layer, over a whole image set.
+
+For one head of one layer and one image (Dosovitskiy et al. 2021, Appendix D.7):
+
+    MAD = mean over query patches q of  sum over key patches k of  A[q, k] * ||p_q - p_k||
+
+with ``p`` the patch centres of the token layout. Images are averaged last. Prefix tokens
+(class, distillation, registers) are handled by a named convention:
+
+- ``"renormalize"`` (default): drop prefix rows and columns, divide each row by its patch mass,
+  so a head that parks attention on the class token is not mistaken for a local head;
+- ``"discard"``: drop them without renormalising (rows sum to 1 - prefix mass; biased low).
+
+Streaming: :class:`DistanceAccumulator` takes each layer's maps from the capture callback and
+keeps only per-(layer, head) sums and a fixed-bin histogram, so memory does not grow with images.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .capture import attention_modules, capture_attention
+from .layout import TokenLayout, token_layout
+
+__all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance",
+           "mean_attention_distance", "DistanceAccumulator", "AttentionDistance", "attention_distance"]
+
+PrefixConvention = Literal["renormalize", "discard"]
+Unit = Literal["px", "patches", "fraction"]
+PREFIX_CONVENTIONS = ("renormalize", "discard")
+UNITS = {"px": "input pixels", "patches": "patch grid steps", "fraction": "fraction of the image side"}
+HIST_BINS = 2048
+
+
+def distance_matrix(layout: TokenLayout, units: Unit = "px") -> np.ndarray:
+    """Distances between patch centres, ``[query, key]``, in ``units``.
+
+    ``px``: pixels of the model input. ``patches``: grid steps (row and column index).
+    ``fraction``: each axis divided by the input side along it (the unit square of vit_analysis).
+    """
+    c = layout.patch_centers()
+    if units == "patches":
+        c = c / np.asarray(layout.patch_stride)
+    elif units == "fraction":
+        c = c / np.asarray(layout.input_size, dtype=float)
+    elif units != "px":
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    return np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+
+
+def uniform_distance(layout: TokenLayout, units: Unit = "px") -> float:
+    """Mean attention distance of uniform attention over all patches (self included)."""
+    return float(distance_matrix(layout, units).mean())
+
+
+def _check(prefix_tokens: str) -> None:
+    if prefix_tokens not in PREFIX_CONVENTIONS:
+        raise ValueError(f"prefix_tokens must be 'renormalize' or 'discard', got {prefix_tokens!r}")
+
+
+def mean_attention_distance(attn: torch.Tensor, layout: TokenLayout, *, prefix_tokens: PrefixConvention =
+                            "renormalize", units: Unit = "px", dist: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image, per-head mean attention distance of one layer.
+
+    Args:
+        attn: ``[batch, head, query, key]`` probabilities over all tokens of ``layout``.
+        layout: the token layout the maps were captured with.
+        prefix_tokens: ``"renormalize"`` or ``"discard"`` (see module docstring).
+        units: ``"px"``, ``"patches"`` or ``"fraction"``.
+        dist: a precomputed ``distance_matrix`` as a tensor on ``attn``'s device (speed only).
+
+    Returns:
+        ``[batch, head]`` float32. A query row with no mass on patches (possible only under
+        ``renormalize`` when all mass sits on prefix tokens) is left out of the mean over queries.
+        NaN where the maps hold NaN or Inf (an fp16 overflow, say), so it is never averaged in.
+    """
+    _check(prefix_tokens)
+    if attn.shape[-1] != layout.num_tokens or attn.shape[-2] != layout.num_tokens:
+        raise ValueError(f"attention has {attn.shape[-1]} tokens but the layout has {layout.num_tokens} "
+                         f"({layout.describe()})")
+    if dist is None:
+        dist = torch.as_tensor(distance_matrix(layout, units), dtype=torch.float32, device=attn.device)
+    p = layout.patch_slice
+    a = attn[..., p, p].float()                       # [batch, head, query, key] over patches only
+    per_query = torch.einsum("bhqk,qk->bhq", a, dist)  # [batch, head, query]
+    corrupt = ~torch.isfinite(per_query).all(-1)       # [batch, head]: NaN or Inf in the maps
+    if prefix_tokens == "renormalize":
+        mass = a.sum(-1)
+        per_query = torch.where(mass > 0, per_query / mass.clamp_min(torch.finfo(mass.dtype).tiny),
+                                torch.full_like(per_query, float("nan")))
+        out = torch.nanmean(per_query, dim=-1)
+    else:
+        out = per_query.mean(-1)
+    return out.masked_fill(corrupt, float("nan"))
+
+
+@dataclass(frozen=True)
+class AttentionDistance:
+    """Mean attention distance of every head of every layer, over an image set.
+
+    Attributes:
+        distance: ``[layer, head]`` mean over images.
+        std: ``[layer, head]`` standard deviation across images (ddof=1; 0 for one image).
+        low, high: ``[layer, head]`` 2.5th and 97.5th percentiles across images (the range that
+            holds 95% of images; from a fixed-bin histogram, exact to one bin of ``max_distance / 2048``,
+            and kept within the smallest and largest value seen).
+        n_images: images averaged.
+        n_nonfinite: ``[layer, head]`` images left out because their attention held NaN or Inf.
+        units: ``px``, ``patches`` or ``fraction``.
+        prefix_tokens: the prefix-token convention.
+        uniform: the distance of uniform attention over all patches, in ``units``.
+        layout: the token layout the maps were captured with.
+        model: the model's name as given by the user.
+        layer_names: module name of each layer's attention.
+    """
+
+    distance: np.ndarray
+    std: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_images: int
+    n_nonfinite: np.ndarray
+    units: str
+    prefix_tokens: str
+    uniform: float
+    layout: TokenLayout
+    model: str = ""
+    layer_names: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_layers(self) -> int:
+        return self.distance.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.distance.shape[1]
+
+    def to_frame(self):
+        """Tidy frame: one row per (layer, head), 0-based, with ``distance_<unit>``, ``std_<unit>``,
+        the 95% range across images and ``n_images``."""
+        import pandas as pd
+
+        L, H = self.distance.shape
+        u = self.units
+        return pd.DataFrame({
+            "model": [self.model] * (L * H),
+            "layer": np.repeat(np.arange(L), H),
+            "head": np.tile(np.arange(H), L),
+            f"distance_{u}": self.distance.ravel(),
+            f"std_{u}": self.std.ravel(),
+            f"low95_{u}": self.low.ravel(),
+            f"high95_{u}": self.high.ravel(),
+            "n_images": self.n_images,
+            "prefix_tokens": self.prefix_tokens,
+        })
+
+    def to_dict(self) -> dict:
+        """Metadata for a run record (not the arrays)."""
+        return {"model": self.model, "units": self.units, "prefix_tokens": self.prefix_tokens,
+                "n_images": self.n_images, "uniform_distance": self.uniform,
+                "token_layout": self.layout.to_dict(), "n_nonfinite": int(self.n_nonfinite.sum())}
+
+    def plot(self, ax=None, **kwargs):
+        """The paper's plot: one dot per head against depth. Returns the axes."""
+        from .plotting.distance import plot_distance_by_depth
+        return plot_distance_by_depth([self], ax=ax, **kwargs)
+
+
+class DistanceAccumulator:
+    """Streaming per-(layer, head) statistics of mean attention distance over images.
+
+    Feed it every layer's maps through ``update(layer, attn)`` (the signature of a
+    :func:`capture_attention` callback). Holds float64 sums, sums of squares and a histogram per
+    (layer, head); partial states add up (``merge``), which is what resuming and multi-process
+    runs rely on.
+    """
+
+    def __init__(self, layout: TokenLayout, num_layers: int, num_heads: int, *,
+                 prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
+                 device: str | torch.device = "cpu"):
+        _check(prefix_tokens)
+        self.layout, self.prefix_tokens, self.units = layout, prefix_tokens, units
+        d = distance_matrix(layout, units)
+        self.max_distance = float(d.max()) if d.size else 1.0
+        self._dist = torch.as_tensor(d, dtype=torch.float32, device=device)
+        shape = (num_layers, num_heads)
+        self.count = np.zeros(shape, dtype=np.int64)
+        self.nonfinite = np.zeros(shape, dtype=np.int64)
+        self.sum = np.zeros(shape, dtype=np.float64)
+        self.sumsq = np.zeros(shape, dtype=np.float64)
+        self.hist = np.zeros(shape + (HIST_BINS,), dtype=np.int64)
+        self.min = np.full(shape, np.inf)
+        self.max = np.full(shape, -np.inf)
+
+    def update(self, layer: int, attn: torch.Tensor) -> None:
+        """Add the ``[batch, head, query, key]`` maps of ``layer`` for one batch of images."""
+        if self._dist.device != attn.device:
+            self._dist = self._dist.to(attn.device)
+        mad = mean_attention_distance(attn, self.layout, prefix_tokens=self.prefix_tokens,
+                                      units=self.units, dist=self._dist).double().cpu().numpy()  # [batch, head]
+        ok = np.isfinite(mad)
+        self.nonfinite[layer] += (~ok).sum(0)
+        v = np.where(ok, mad, 0.0)
+        self.count[layer] += ok.sum(0)
+        self.sum[layer] += v.sum(0)
+        self.sumsq[layer] += (v * v).sum(0)
+        self.min[layer] = np.minimum(self.min[layer], np.where(ok, mad, np.inf).min(0))
+        self.max[layer] = np.maximum(self.max[layer], np.where(ok, mad, -np.inf).max(0))
+        bins = np.clip((v / self.max_distance * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+        for h in range(v.shape[1]):
+            np.add.at(self.hist[layer, h], bins[ok[:, h], h], 1)
+
+    SUMMED = ("count", "nonfinite", "sum", "sumsq", "hist")
+
+    def merge(self, other: "DistanceAccumulator") -> None:
+        """Add another accumulator's images to this one."""
+        for name in self.SUMMED:
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The partial state as arrays (to save, resume, or all-reduce: ``min``/``max`` by min/max,
+        the rest by sum)."""
+        return {k: getattr(self, k) for k in self.SUMMED + ("min", "max")}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        for k, v in state.items():
+            getattr(self, k)[...] = v
+
+    def _quantile(self, q: float) -> np.ndarray:
+        cdf = np.cumsum(self.hist, axis=-1)
+        n = np.maximum(cdf[..., -1:], 1)
+        target = q * n
+        idx = (cdf < target).sum(-1)                    # first bin whose cumulative count reaches q
+        idx = np.minimum(idx, HIST_BINS - 1)
+        before = np.take_along_axis(cdf, np.maximum(idx - 1, 0)[..., None], -1)[..., 0] * (idx > 0)
+        inbin = np.take_along_axis(self.hist, idx[..., None], -1)[..., 0]
+        frac = np.where(inbin > 0, (target[..., 0] - before) / np.maximum(inbin, 1), 0.5)
+        return (idx + np.clip(frac, 0, 1)) * self.max_distance / HIST_BINS
+
+    def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
+        n = self.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
+            var = np.where(n > 1, (self.sumsq - n * mean ** 2) / np.maximum(n - 1, 1), 0.0)
+        low, high = self._quantile(0.025), self._quantile(0.975)
+        # bins are coarse when images agree closely: keep the range inside what was seen, around the mean
+        low = np.minimum(np.maximum(low, self.min), mean)
+        high = np.maximum(np.minimum(high, self.max), mean)
+        return AttentionDistance(distance=mean, std=np.sqrt(np.maximum(var, 0.0)), low=low, high=high,
+                                 n_images=int(n.max()) if n.size else 0, n_nonfinite=self.nonfinite.copy(),
+                                 units=self.units, prefix_tokens=self.prefix_tokens,
+                                 uniform=uniform_distance(self.layout, self.units), layout=self.layout,
+                                 model=model, layer_names=tuple(layer_names))
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(images, batch_size: int):
+    """Yield input batches from an ImageSet or a tensor ``[image, 3, height, width]``."""
+    if isinstance(images, torch.Tensor):
+        for i in range(0, images.shape[0], batch_size):
+            yield images[i:i + batch_size]
+    else:
+        for x, _ in images.batches(batch_size):
+            yield x
+
+
+def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
+                       prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
+                       precision: str = "fp32", input_size=None, name: str | None = None,
+                       progress: bool = False, accumulator: DistanceAccumulator | None = None,
+                       ) -> AttentionDistance:
+    """Mean attention distance of every head of ``model`` over ``images``.
+
+    Args:
+        model: a timm ViT in eval mode.
+        images: an :class:`~vitlens.data.ImageSet` or a tensor ``[image, 3, height, width]``
+            already preprocessed for the model.
+        batch_size: images per forward pass (results do not depend on it).
+        prefix_tokens: ``"renormalize"`` (default) or ``"discard"``.
+        units: ``"px"`` (default), ``"patches"`` or ``"fraction"``.
+        precision: forward pass in ``fp32``, ``bf16`` or ``fp16``; reductions are float32.
+        input_size: the input size, for models built with ``dynamic_img_size`` (default: the model's).
+        name: the model's name in the result (default: its recorded name).
+        progress: show a progress bar.
+        accumulator: continue from a partial state (resuming); a fresh one by default.
+    """
+    from .models import model_source
+
+    device = next(model.parameters()).device
+    if isinstance(images, torch.Tensor) and input_size is None:
+        input_size = tuple(images.shape[-2:])
+    layout = token_layout(model, input_size)
+    mods = attention_modules(model)
+    heads = getattr(mods[0][1], "num_heads")
+    acc = accumulator or DistanceAccumulator(layout, len(mods), heads, prefix_tokens=prefix_tokens,
+                                             units=units, device=device)
+    total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="attention distance", unit="img", disable=not progress, leave=False)
+    with torch.no_grad(), capture_attention(model, callback=acc.update):
+        for x in _batches(images, batch_size):
+            with _autocast(device, precision):
+                model(x.to(device, non_blocking=True))
+            bar.update(x.shape[0])
+    bar.close()
+    return acc.result(model=name or model_source(model).get("name", type(model).__name__),
+                      layer_names=[n for n, _ in mods])

@@ -1,0 +1,115 @@
+"""``vitlens distance``: mean attention distance by depth for one or several models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, attention_distance
+from ..capture import attention_modules
+from ..layout import token_layout
+from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
+from .common import args_record, display_name, images_for, load_models, model_record
+
+__all__ = ["run_distance", "register", "PRODUCTS"]
+
+PRODUCTS = ["attention_distance.csv", "attention_distance.png", "attention_distance.svg", "run.json"]
+
+
+def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out: str | Path, *,
+                 random_init: bool = False, device: str = "cpu", batch_size: int = 32,
+                 num_images: int | None = None, sample: bool = False, seed: int = 0,
+                 prefix_tokens: str = "renormalize", units: str = "px", precision: str = "fp32",
+                 workers: int = 0, overwrite: bool = False, progress: bool = True,
+                 args: argparse.Namespace | None = None) -> list[AttentionDistance]:
+    """Compute mean attention distance for every model over the same images and write
+    ``attention_distance.csv``, ``.png``, ``.svg`` and ``run.json`` into ``out``."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting.distance import distance_figure
+
+    out = prepare_out_dir(out, PRODUCTS, overwrite)
+    models = load_models(specs, random_init=random_init, device=device)
+    for model in models:  # refuse a CNN or an unknown attention before reading any image
+        token_layout(model)
+        attention_modules(model)
+    ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
+    record = RunRecord("distance", arguments=args_record(args) if args else {},
+                       conventions={"prefix_tokens": prefix_tokens, "units": units, "precision": precision,
+                                    "distance": "mean over query patches of the attention-weighted "
+                                                "distance to key patch centres; images averaged last"},
+                       seed=seed, models=[])
+    results = []
+    for model in models:
+        imgs = images_for(model, ns)
+        name = display_name(model)
+        res = attention_distance(model, _Loader(imgs, workers), batch_size=batch_size,
+                                 prefix_tokens=prefix_tokens, units=units, precision=precision,
+                                 name=name, progress=progress)
+        imgs.check_used(res.n_images)
+        if res.n_nonfinite.any():
+            import warnings
+            warnings.warn(f"{name}: {int(res.n_nonfinite.sum())} (image, layer, head) maps held NaN or Inf "
+                          "and were left out; try --precision fp32", stacklevel=2)
+        results.append(res)
+        record.data["models"].append({**model_record(model), **res.to_dict(), "images": imgs.record(res.n_images),
+                                      "image_files": [str(p) for p in imgs.paths]})
+        print(_summary(res))
+    frame = pd.concat([r.to_frame() for r in results], ignore_index=True)
+    if len(results) == 1:
+        frame = frame.drop(columns="model")
+    save_csv(out / "attention_distance.csv", frame)
+    fig = distance_figure(results)
+    save_figure(fig, out / "attention_distance.png")
+    save_figure(fig, out / "attention_distance.svg")
+    plt.close(fig)
+    record.save(out / "run.json")
+    print(f"wrote {out / 'attention_distance.csv'}, .png, .svg and run.json")
+    return results
+
+
+class _Loader:
+    """An ImageSet seen through DataLoader workers (same interface as ImageSet for the analysis)."""
+
+    def __init__(self, images, workers: int):
+        self.images, self.workers = images, workers
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int):
+        return self.images.batches(batch_size, num_workers=self.workers)
+
+
+def _summary(r: AttentionDistance) -> str:
+    per_layer = r.distance.mean(1)
+    return (f"{r.model}: {r.n_images} images, {r.num_layers} layers x {r.num_heads} heads; mean distance "
+            f"{per_layer[0]:.1f} {r.units} in layer 1 to {per_layer[-1]:.1f} {r.units} in layer {r.num_layers} "
+            f"(uniform attention: {r.uniform:.1f} {r.units})")
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "distance", parents=[common(models=True, images=True, out=True)],
+        help="mean attention distance by depth (ViT paper Fig. 7 right; Raghu et al.)",
+        description="Mean attention distance of every head by depth, over an image set. Writes "
+                    "attention_distance.csv, .png, .svg and run.json into --out.")
+    p.add_argument("--prefix-tokens", choices=PREFIX_CONVENTIONS, default="renormalize",
+                   help="renormalize: drop class/distillation/register tokens and renormalise rows over "
+                        "patches (default); discard: drop them without renormalising")
+    p.add_argument("--units", choices=list(UNITS), default="px",
+                   help="px: input pixels (default); patches: grid steps; fraction: of the image side")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="forward-pass precision; reductions are always float32")
+
+    def _run(args):
+        from ..cli import model_specs
+        run_distance(model_specs(args), args.images, args.out, random_init=args.random_init,
+                     device=args.device, batch_size=args.batch_size, num_images=args.num_images,
+                     sample=args.sample, seed=args.seed, prefix_tokens=args.prefix_tokens, units=args.units,
+                     precision=args.precision, workers=args.workers, overwrite=args.overwrite, args=args)
+
+    p.set_defaults(func=_run)

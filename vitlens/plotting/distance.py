@@ -1,0 +1,101 @@
+"""Figures for mean attention distance: the ViT paper's Fig. 7 (right) and Raghu et al.'s per-head view."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from . import MODEL_COLORS, new_axes
+
+__all__ = ["plot_distance_by_depth", "plot_sorted_heads", "distance_figure"]
+
+_UNIT_LABEL = {"px": "pixels", "patches": "patches", "fraction": "fraction of image side"}
+
+
+def _top(results) -> float:
+    vals = [max(np.nanmax(r.distance), r.uniform) for r in results if r.distance.size]
+    return float(max(vals)) if vals else 1.0
+
+
+def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True, show_mean: bool = True):
+    """x = network depth (layer, 1-based), y = mean attention distance; one dot per head.
+
+    Several results (models) share the axes, each in its own colour, slightly offset; the dashed
+    line is uniform attention over all patches, the distance a head that looks everywhere has.
+    """
+    ax = new_axes(ax, figsize=(6.0, 4.2))
+    n = len(results)
+    for i, r in enumerate(results):
+        color = MODEL_COLORS[i % len(MODEL_COLORS)]
+        L, H = r.distance.shape
+        offset = (i - (n - 1) / 2) * min(0.25, 0.6 / max(n, 1))
+        x = np.repeat(np.arange(1, L + 1), H) + offset
+        ax.scatter(x, r.distance.ravel(), s=16, color=color, alpha=0.8, edgecolors="none",
+                   label=f"{r.model} ({r.n_images} images)" if r.model else f"{r.n_images} images")
+        if show_mean:
+            ax.plot(np.arange(1, L + 1) + offset, np.nanmean(r.distance, axis=1), color=color, lw=1, alpha=0.6)
+    if reference:
+        for u in sorted({round(r.uniform, 2) for r in results}):
+            ax.axhline(u, color="0.4", ls="--", lw=1)
+            ax.annotate(f"uniform attention: {u:g}", xy=(0, u), xycoords=("axes fraction", "data"),
+                        xytext=(4, 3), textcoords="offset points", ha="left", va="bottom",
+                        fontsize=8, color="0.3")
+    units = results[0].units if results else "px"
+    L = max(r.num_layers for r in results) if results else 1
+    ax.set_xlabel("network depth (layer)")
+    ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(units, units)})")
+    ax.set_xticks(range(1, L + 1, max(1, L // 12)))
+    ax.set_xlim(0.4, L + 0.6)
+    ax.set_ylim(0, 1.12 * _top(results))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", frameon=False, markerscale=1.5)
+    return ax
+
+
+def plot_sorted_heads(result, ax=None, *, layers: Sequence[int] | None = None):
+    """Raghu et al. style: each selected layer's heads sorted by distance (default: the two
+    lowest and the two highest layers). Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    ax = new_axes(ax, figsize=(5.0, 4.2))
+    L, H = result.distance.shape
+    if layers is None:
+        layers = sorted({0, min(1, L - 1), max(L - 2, 0), L - 1})
+    low = plt.get_cmap("Blues")
+    high = plt.get_cmap("Reds")
+    for k, layer in enumerate(layers):
+        cmap = low if layer < L / 2 else high
+        shade = 0.55 + 0.35 * (k % 2)
+        vals = np.sort(result.distance[layer])
+        ax.plot(np.arange(H), vals, marker="o", ms=4, lw=1, color=cmap(shade), label=f"layer {layer + 1}")
+    ax.axhline(result.uniform, color="0.4", ls="--", lw=1)
+    ax.set_xlabel("attention head (sorted by distance)")
+    ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(result.units, result.units)})")
+    ax.set_title(result.model or "", fontsize=9)
+    ax.set_ylim(0, 1.12 * _top([result]))
+    ax.set_xticks(range(H))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def distance_figure(results: Sequence):
+    """The full figure: the paper's plot for all models, then one sorted-heads panel per model."""
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(1, 1 + n, figsize=(6.2 + 4.3 * n, 4.4),
+                             gridspec_kw={"width_ratios": [1.45] + [1] * n})
+    axes = np.atleast_1d(axes)
+    plot_distance_by_depth(results, ax=axes[0])
+    axes[0].set_title("mean attention distance by depth", fontsize=10)
+    for ax, r in zip(axes[1:], results):
+        plot_sorted_heads(r, ax=ax)
+        ax.set_title(f"{r.model}: lowest and highest layers" if r.model else "lowest and highest layers",
+                     fontsize=9)
+    prefix = results[0].prefix_tokens if results else ""
+    fig.text(0.01, 0.005, f"prefix tokens: {prefix}; one dot per head, averaged over images; "
+             "dashed: uniform attention over all patches", fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
