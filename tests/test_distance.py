@@ -10,7 +10,7 @@ import torch
 
 import vitlens
 from vitlens.distance import (DistanceAccumulator, attention_distance, distance_matrix,
-                              mean_attention_distance, uniform_distance)
+                              mean_attention_distance, stream_distance, uniform_distance)
 from vitlens.layout import TokenLayout
 from conftest import FAMILIES, batch, build
 
@@ -153,8 +153,8 @@ def test_merge_of_partial_states_equals_one_pass():
     layout = vitlens.token_layout(model)
     a = DistanceAccumulator(layout, 2, 2)
     b = DistanceAccumulator(layout, 2, 2)
-    attention_distance(model, x[:4], accumulator=a)
-    attention_distance(model, x[4:], accumulator=b)
+    list(stream_distance(model, x, a, indices=[0, 1, 2, 3]))
+    list(stream_distance(model, x, b, indices=[4, 5], batch_size=1))
     a.merge(b)
     whole = attention_distance(model, x)
     np.testing.assert_allclose(a.result().distance, whole.distance, rtol=1e-6)

@@ -28,8 +28,9 @@ import torch.nn as nn
 from .capture import attention_modules, capture_attention
 from .layout import TokenLayout, token_layout
 
-__all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance",
-           "mean_attention_distance", "DistanceAccumulator", "AttentionDistance", "attention_distance"]
+__all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance", "mean_attention_distance",
+           "DistanceAccumulator", "AttentionDistance", "attention_distance", "stream_distance",
+           "new_accumulator"]
 
 PrefixConvention = Literal["renormalize", "discard"]
 Unit = Literal["px", "patches", "fraction"]
@@ -270,21 +271,45 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(images, batch_size: int):
-    """Yield input batches from an ImageSet or a tensor ``[image, 3, height, width]``."""
+def _batches(images, batch_size: int, indices=None, workers: int = 0):
+    """Yield ``(inputs, image indices)`` from an ImageSet or a tensor ``[image, 3, height, width]``."""
     if isinstance(images, torch.Tensor):
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i:i + batch_size]
+        idx = list(range(images.shape[0])) if indices is None else list(indices)
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i:i + batch_size]
+            yield images[chunk], chunk
     else:
-        for x, _ in images.batches(batch_size):
-            yield x
+        yield from images.batches(batch_size, num_workers=workers, indices=indices)
+
+
+def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator", *, batch_size: int = 32,
+                    indices=None, precision: str = "fp32", workers: int = 0):
+    """Run ``images`` (all, or ``indices`` of them) through ``model`` into ``accumulator``.
+
+    A generator: it yields each batch's image indices once their maps are accumulated, so a caller
+    can show progress, stop between batches, or record what is done.
+    """
+    device = next(model.parameters()).device
+    with torch.no_grad(), capture_attention(model, callback=accumulator.update):
+        for x, idx in _batches(images, batch_size, indices, workers):
+            with _autocast(device, precision):
+                model(x.to(device, non_blocking=True))
+            yield idx
+
+
+def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
+                    units: Unit = "px") -> DistanceAccumulator:
+    """An empty accumulator shaped for ``model``'s layers, heads and token layout."""
+    mods = attention_modules(model)
+    return DistanceAccumulator(token_layout(model, input_size), len(mods), int(mods[0][1].num_heads),
+                               prefix_tokens=prefix_tokens, units=units,
+                               device=next(model.parameters()).device)
 
 
 def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
                        prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
                        precision: str = "fp32", input_size=None, name: str | None = None,
-                       progress: bool = False, accumulator: DistanceAccumulator | None = None,
-                       ) -> AttentionDistance:
+                       progress: bool = False, workers: int = 0) -> AttentionDistance:
     """Mean attention distance of every head of ``model`` over ``images``.
 
     Args:
@@ -298,26 +323,19 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
         input_size: the input size, for models built with ``dynamic_img_size`` (default: the model's).
         name: the model's name in the result (default: its recorded name).
         progress: show a progress bar.
-        accumulator: continue from a partial state (resuming); a fresh one by default.
+        workers: image-decoding worker processes for an ImageSet.
     """
+    from tqdm.auto import tqdm
+
     from .models import model_source
 
-    device = next(model.parameters()).device
     if isinstance(images, torch.Tensor) and input_size is None:
         input_size = tuple(images.shape[-2:])
-    layout = token_layout(model, input_size)
-    mods = attention_modules(model)
-    heads = getattr(mods[0][1], "num_heads")
-    acc = accumulator or DistanceAccumulator(layout, len(mods), heads, prefix_tokens=prefix_tokens,
-                                             units=units, device=device)
+    acc = new_accumulator(model, input_size, prefix_tokens=prefix_tokens, units=units)
     total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc="attention distance", unit="img", disable=not progress, leave=False)
-    with torch.no_grad(), capture_attention(model, callback=acc.update):
-        for x in _batches(images, batch_size):
-            with _autocast(device, precision):
-                model(x.to(device, non_blocking=True))
-            bar.update(x.shape[0])
-    bar.close()
+    with tqdm(total=total, desc="attention distance", unit="img", disable=not progress, leave=False) as bar:
+        for idx in stream_distance(model, images, acc, batch_size=batch_size, precision=precision,
+                                   workers=workers):
+            bar.update(len(idx))
     return acc.result(model=name or model_source(model).get("name", type(model).__name__),
-                      layer_names=[n for n, _ in mods])
+                      layer_names=[n for n, _ in attention_modules(model)])

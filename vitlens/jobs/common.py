@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Iterable, Sequence
 
+import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
@@ -18,10 +19,15 @@ __all__ = ["load_models", "images_for", "progress", "model_record", "display_nam
 
 
 def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
-                **timm_kwargs) -> list[nn.Module]:
-    """Load every ``(name, checkpoint)`` pair; random weights when ``random_init``."""
-    return [load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device, **timm_kwargs)
-            for name, ckpt in specs]
+                seed: int = 0, **timm_kwargs) -> list[nn.Module]:
+    """Load every ``(name, checkpoint)`` pair; random weights when ``random_init``, drawn from
+    ``seed`` so that a random baseline is the same from run to run."""
+    models = []
+    for name, ckpt in specs:
+        if random_init and ckpt is None:
+            torch.manual_seed(seed)
+        models.append(load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device, **timm_kwargs))
+    return models
 
 
 def images_for(model: nn.Module, args: argparse.Namespace, input_size=None) -> ImageSet:

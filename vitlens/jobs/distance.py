@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, attention_distance
 from ..capture import attention_modules
-from ..layout import token_layout
+from ..data.images import Skipped
+from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, new_accumulator, stream_distance
+from ..distributed import context
+from ..errors import VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..layout import token_layout
+from ..resume import Interrupted, StopRequest, clear_partial, load_partial, partial_path, save_partial
 from .common import args_record, display_name, images_for, load_models, model_record
+from .common import progress as progress_bar
 
 __all__ = ["run_distance", "register", "PRODUCTS"]
 
@@ -23,65 +29,99 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
                  random_init: bool = False, device: str = "cpu", batch_size: int = 32,
                  num_images: int | None = None, sample: bool = False, seed: int = 0,
                  prefix_tokens: str = "renormalize", units: str = "px", precision: str = "fp32",
-                 workers: int = 0, overwrite: bool = False, progress: bool = True,
+                 workers: int = 0, overwrite: bool = False, resume: bool = False, progress: bool = True,
                  args: argparse.Namespace | None = None) -> list[AttentionDistance]:
     """Compute mean attention distance for every model over the same images and write
-    ``attention_distance.csv``, ``.png``, ``.svg`` and ``run.json`` into ``out``."""
+    ``attention_distance.csv``, ``.png``, ``.svg`` and ``run.json`` into ``out``.
+
+    Under ``torchrun`` each process reads a shard of the images and rank 0 writes the files. On
+    SIGINT/SIGTERM the partial sums are saved and :class:`~vitlens.resume.Interrupted` is raised;
+    ``resume=True`` continues from them.
+    """
     import matplotlib.pyplot as plt
 
     from ..plotting.distance import distance_figure
 
+    ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
-    models = load_models(specs, random_init=random_init, device=device)
+    models = load_models(specs, random_init=random_init, device=ctx.device, seed=seed)
     for model in models:  # refuse a CNN or an unknown attention before reading any image
         token_layout(model)
         attention_modules(model)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
+    setup = {"models": [list(s) for s in specs], "images": [str(i) for i in images], "num_images": num_images,
+             "sample": sample, "seed": seed, "prefix_tokens": prefix_tokens, "units": units,
+             "random_init": random_init, "world": ctx.world}
+    ppath = partial_path(out, "distance", ctx.rank)
+    saved, meta = load_partial(ppath) if resume else ({}, {"setup": setup, "models": {}})
+    if meta["setup"] != setup:
+        raise VitlensError(f"--resume: the saved partial state in {ppath} is from another command "
+                           "(models, images or conventions differ); run that command again or drop --resume.")
     record = RunRecord("distance", arguments=args_record(args) if args else {},
                        conventions={"prefix_tokens": prefix_tokens, "units": units, "precision": precision,
                                     "distance": "mean over query patches of the attention-weighted "
                                                 "distance to key patch centres; images averaged last"},
-                       seed=seed, models=[])
+                       seed=seed, processes=ctx.world, models=[])
     results = []
-    for model in models:
-        imgs = images_for(model, ns)
-        name = display_name(model)
-        res = attention_distance(model, _Loader(imgs, workers), batch_size=batch_size,
-                                 prefix_tokens=prefix_tokens, units=units, precision=precision,
-                                 name=name, progress=progress)
-        imgs.check_used(res.n_images)
-        if res.n_nonfinite.any():
-            import warnings
-            warnings.warn(f"{name}: {int(res.n_nonfinite.sum())} (image, layer, head) maps held NaN or Inf "
-                          "and were left out; try --precision fp32", stacklevel=2)
-        results.append(res)
-        record.data["models"].append({**model_record(model), **res.to_dict(), "images": imgs.record(res.n_images),
-                                      "image_files": [str(p) for p in imgs.paths]})
-        print(_summary(res))
-    frame = pd.concat([r.to_frame() for r in results], ignore_index=True)
-    if len(results) == 1:
-        frame = frame.drop(columns="model")
-    save_csv(out / "attention_distance.csv", frame)
-    fig = distance_figure(results)
-    save_figure(fig, out / "attention_distance.png")
-    save_figure(fig, out / "attention_distance.svg")
-    plt.close(fig)
-    record.save(out / "run.json")
-    print(f"wrote {out / 'attention_distance.csv'}, .png, .svg and run.json")
+    with StopRequest() as stop:
+        for mi, model in enumerate(models):
+            imgs = images_for(model, ns)
+            acc = new_accumulator(model, prefix_tokens=prefix_tokens, units=units)
+            mine = meta["models"].get(str(mi), {"done": [], "skipped": []})
+            if str(mi) in meta["models"]:
+                acc.load_state({k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"m{mi}/")})
+                imgs.skipped = [Skipped(**d) for d in mine["skipped"]]
+            done = set(mine["done"]) | {imgs.paths.index(Path(s.path)) for s in imgs.skipped}
+            shard = ctx.shard(range(len(imgs)))
+            todo = [i for i in shard if i not in done]
+            name = display_name(model)
+            bar = progress_bar(None, total=len(shard), desc=f"distance {name}", enabled=progress and ctx.is_main)
+            bar.update(len(shard) - len(todo))
+            for idx in stream_distance(model, imgs, acc, batch_size=batch_size, indices=todo,
+                                       precision=precision, workers=workers):
+                done.update(idx)
+                bar.update(len(idx))
+                if stop.requested:
+                    bar.close()
+                    mine = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
+                    meta["models"][str(mi)] = mine
+                    saved.update({f"m{mi}/{k}": v for k, v in acc.state().items()})
+                    save_partial(ppath, saved, meta)
+                    raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} "
+                                      f"images of {name}; partial sums saved in {ppath}. Run the same command "
+                                      "with --resume to continue.")
+            bar.close()
+            done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
+            meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
+            saved.update({f"m{mi}/{k}": v for k, v in acc.state().items()})
+            acc.load_state(ctx.all_reduce(acc.state(), ops={"min": "min", "max": "max"}))
+            imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part}, key=lambda s: s.path)
+            res = acc.result(model=name, layer_names=[n for n, _ in attention_modules(model)])
+            imgs.check_used(res.n_images)
+            if res.n_nonfinite.any():
+                warnings.warn(f"{name}: {int(res.n_nonfinite.sum())} (image, layer, head) maps held NaN or Inf "
+                              "and were left out; try --precision fp32", stacklevel=2)
+            results.append(res)
+            record.data["models"].append({**model_record(model), **res.to_dict(),
+                                          "images": imgs.record(res.n_images),
+                                          "image_files": [str(p) for p in imgs.paths]})
+            if ctx.is_main:
+                print(_summary(res))
+    if ctx.is_main:
+        frame = pd.concat([r.to_frame() for r in results], ignore_index=True)
+        if len(results) == 1:
+            frame = frame.drop(columns="model")
+        save_csv(out / "attention_distance.csv", frame)
+        fig = distance_figure(results)
+        save_figure(fig, out / "attention_distance.png")
+        save_figure(fig, out / "attention_distance.svg")
+        plt.close(fig)
+        record.save(out / "run.json")
+        print(f"wrote {out / 'attention_distance.csv'}, .png, .svg and run.json")
+    ctx.barrier()
+    clear_partial(out, "distance", ctx.rank)
+    ctx.close()
     return results
-
-
-class _Loader:
-    """An ImageSet seen through DataLoader workers (same interface as ImageSet for the analysis)."""
-
-    def __init__(self, images, workers: int):
-        self.images, self.workers = images, workers
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int):
-        return self.images.batches(batch_size, num_workers=self.workers)
 
 
 def _summary(r: AttentionDistance) -> str:
@@ -104,12 +144,15 @@ def register(subparsers, common) -> None:
                    help="px: input pixels (default); patches: grid steps; fraction: of the image side")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="forward-pass precision; reductions are always float32")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the partial sums it saved in --out")
 
     def _run(args):
         from ..cli import model_specs
         run_distance(model_specs(args), args.images, args.out, random_init=args.random_init,
                      device=args.device, batch_size=args.batch_size, num_images=args.num_images,
                      sample=args.sample, seed=args.seed, prefix_tokens=args.prefix_tokens, units=args.units,
-                     precision=args.precision, workers=args.workers, overwrite=args.overwrite, args=args)
+                     precision=args.precision, workers=args.workers, overwrite=args.overwrite,
+                     resume=args.resume, args=args)
 
     p.set_defaults(func=_run)
