@@ -1,0 +1,214 @@
+"""``vitlens rollout``: attention rollout maps of an image set, as arrays, overlays and a record.
+
+Writes to ``--out``, for one model (several models: one sub-folder per model, named after it):
+
+- ``rollout.npz``: one ``[grid_h, grid_w]`` float32 array per image, keyed by the image's file name
+  (or, when two files share a name, by its path relative to the deepest folder holding all files);
+  values are not rescaled (``run.json`` says what they are, under ``values``);
+- ``overlays/<key>.png``: the map upsampled to the model input, over the preprocessed image;
+- ``contact_sheet.png``: the first ``sheet_max`` overlays on one figure;
+- ``deletion.csv`` and ``deletion.png`` when ``deletion_steps`` > 0;
+- ``run.json``: models, conventions, images used and skipped, timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..capture import attention_modules
+from ..data.images import ImageSet
+from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
+from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
+                       iter_rollout)
+from ..scores import FILLS, DeletionCurve, deletion_curve
+from .common import args_record, display_name, load_models, model_record, progress
+
+__all__ = ["run_rollout", "register"]
+
+_SCALE = "minmax"  # overlay colour scale (see vitlens.plotting.rollout)
+
+
+def _folders(specs: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Output sub-folder per model ("" for a single model), unique and file-system safe."""
+    if len(specs) == 1:
+        return [""]
+    out: list[str] = []
+    for name, ckpt in specs:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name + (f"_{Path(ckpt).stem}" if ckpt else "")).strip("_")
+        slug, k = base, 2
+        while slug in out:
+            slug, k = f"{base}_{k}", k + 1
+        out.append(slug)
+    return out
+
+
+def _products(folder: str, deletion: bool) -> list[str]:
+    names = ["rollout.npz", "contact_sheet.png", "overlays"] + (["deletion.csv", "deletion.png"] if deletion else [])
+    return [str(Path(folder) / n) if folder else n for n in names]
+
+
+def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method: str = "rollout",
+                head_fusion: str = "mean", discard_ratio: float = 0.0, residual_weight: float = 0.5,
+                start_layer: int = 0, end_layer: int | None = None, target_class: int | None = None,
+                readout: str = "auto", batch_size: int = 32, device: str = "cpu", random_init: bool = False,
+                num_images: int | None = None, sample: bool = False, seed: int = 0, workers: int = 0,
+                input_size: int | Sequence[int] | None = None,
+                overwrite: bool = False, deletion_steps: int = 0, deletion_fill: str = "mean",
+                sheet_max: int = 64, model_kwargs: dict | None = None, show_progress: bool = True,
+                args: dict | None = None) -> dict:
+    """Rollout maps of every image for every model, saved under ``out``.
+
+    Args:
+        specs: ``[(model name, checkpoint or None), ...]``.
+        images: image files or folders.
+        out: output folder; checked before anything is computed.
+        deletion_steps: when > 0, also a deletion curve per image in that many steps.
+        deletion_fill: what replaces removed patches (see :func:`vitlens.scores.deletion_curve`).
+        sheet_max: at most this many overlays on the contact sheet (every image gets its own PNG).
+        input_size: resize images to this model input (one value or height, width) instead of the
+            model's own data config; the model must accept it (``dynamic_img_size=True``, or a model
+            built for that size).
+        model_kwargs: passed to ``timm.create_model`` (for example ``dynamic_img_size=True``).
+        args: the command's arguments, for the record.
+        seed: seed of ``sample`` and of random weights (``random_init``).
+        The other arguments are those of :func:`vitlens.rollout.attention_rollout` and of the
+        command line's image options.
+
+    Returns:
+        The run record (also written to ``out/run.json``).
+    """
+    import matplotlib.pyplot as plt
+    import timm.data
+
+    from ..plotting.rollout import plot_contact_sheet, plot_overlay, to_display
+
+    check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
+    if deletion_fill not in FILLS or deletion_steps < 0 or batch_size < 1:
+        raise RolloutSettingsError(f"deletion fill must be one of {', '.join(FILLS)} (got {deletion_fill!r}), "
+                                   f"deletion steps at least 0 (got {deletion_steps}) and batch size at least "
+                                   f"1 (got {batch_size}).")
+    if input_size is not None and not isinstance(input_size, int):
+        input_size = tuple(int(v) for v in input_size)
+        input_size = input_size[0] if len(input_size) == 1 else input_size[-2:]
+    folders = _folders(specs)
+    root = prepare_out_dir(out, ["run.json"] + [p for f in folders for p in _products(f, deletion_steps > 0)],
+                           overwrite)
+    record = RunRecord("rollout", args=args or {}, models=[])
+    models = load_models(specs, random_init=random_init, device=device, seed=seed, **(model_kwargs or {}))
+    for model in models:
+        attention_modules(model)  # a CNN fails here, before any image is read
+
+    for model, folder in zip(models, folders):
+        name = display_name(model)
+        dest = root / folder if folder else root
+        imageset = ImageSet.for_model(model, images, input_size=input_size, num_images=num_images,
+                                      sample=sample, seed=seed)
+        cfg = timm.data.resolve_data_config({}, model=model)
+        parts: list[RolloutMaps] = []
+        curves: list[DeletionCurve] = []
+        sheet: list[np.ndarray] = []
+        with progress(None, total=len(imageset), desc=f"rollout {name}", enabled=show_progress) as bar:
+            for x, part in iter_rollout(model, imageset, method=method, head_fusion=head_fusion,
+                                        discard_ratio=discard_ratio, residual_weight=residual_weight,
+                                        start_layer=start_layer, end_layer=end_layer, target_class=target_class,
+                                        readout=readout, batch_size=batch_size, num_workers=workers,
+                                        model_name=name):
+                shown = to_display(x, cfg["mean"], cfg["std"])  # [batch, height, width, 3]
+                for i, key in enumerate(part.names):
+                    label = key if part.target is None or method == "rollout" else f"{key} (class {part.target[i]})"
+                    ax = plot_overlay(part.maps[i], shown[i], layout=part.layout, title=label, scale=_SCALE)
+                    save_figure(ax.figure, dest / "overlays" / f"{key}.png")
+                    plt.close(ax.figure)
+                sheet.extend(shown[: max(0, sheet_max - len(sheet))])
+                if deletion_steps > 0:
+                    curves.append(deletion_curve(model, x, part, layout=part.layout, target_class=part.target,
+                                                 steps=deletion_steps, fill=deletion_fill, batch_size=batch_size))
+                parts.append(part)
+                bar.update(x.shape[0])
+        n_used = sum(len(p) for p in parts)
+        imageset.check_used(n_used)
+        result = RolloutMaps.concat(parts)
+        save_npz(dest / "rollout.npz", {k: m.astype(np.float32) for k, m in zip(result.names, result.maps)})
+        fig = plot_contact_sheet(result, sheet, indices=range(len(sheet)), scale=_SCALE)
+        save_figure(fig, dest / "contact_sheet.png")
+        plt.close(fig)
+        entry = {"model": model_record(model, result.layout.input_size), "display_name": name,
+                 "folder": folder or ".", "input_size": list(result.layout.input_size),
+                 "grid_size": list(result.layout.grid_size), "conventions": result.settings(),
+                 "npz_keys": "file name; path relative to the deepest common folder where file names repeat",
+                 "overlay_colour_scale": f"{_SCALE}: each map from its own minimum to its own maximum",
+                 "images": imageset.record(n_used), "contact_sheet_images": len(sheet),
+                 "predicted": None if result.predicted is None else dict(zip(result.names, result.predicted.tolist())),
+                 "target": None if result.target is None else dict(zip(result.names, result.target.tolist()))}
+        if curves:
+            curve = DeletionCurve.concat(curves)
+            save_csv(dest / "deletion.csv", curve.to_frame())
+            fig, ax = plt.subplots(figsize=(4.5, 3.4))
+            curve.plot(ax=ax)
+            save_figure(fig, dest / "deletion.png")
+            plt.close(fig)
+            entry["deletion"] = {"steps": len(curve.fractions) - 1, "fill": curve.fill,
+                                 "confidence": "softmax probability of the target class",
+                                 "auc_rule": "trapezoid over the removed fraction in [0, 1]",
+                                 "mean_auc": float(curve.auc.mean()),
+                                 "auc": dict(zip(curve.names, curve.auc.tolist()))}
+        record.data["models"].append(entry)
+    record.save(root / "run.json")
+    return record.data
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from ..cli import model_specs
+
+    rec = run_rollout(model_specs(args), args.images, args.out, method=args.method, head_fusion=args.head_fusion,
+                      discard_ratio=args.discard_ratio, residual_weight=args.residual_weight,
+                      start_layer=args.start_layer, end_layer=args.end_layer, target_class=args.target_class,
+                      readout=args.readout, batch_size=args.batch_size, device=args.device,
+                      random_init=args.random_init, num_images=args.num_images, sample=args.sample, seed=args.seed,
+                      workers=args.workers, input_size=args.input_size, overwrite=args.overwrite,
+                      deletion_steps=args.deletion_steps,
+                      deletion_fill=args.deletion_fill, sheet_max=args.sheet_max, args=args_record(args))
+    for m in rec["models"]:
+        used = m["images"]
+        extra = f", mean deletion AUC {m['deletion']['mean_auc']:.3f}" if "deletion" in m else ""
+        print(f"{m['display_name']}: {used['n_images']} maps ({len(used['skipped'])} files skipped){extra} "
+              f"-> {Path(args.out) / m['folder']}")
+    return 0
+
+
+def register(subparsers, common) -> None:
+    """Add the ``rollout`` subcommand."""
+    p = subparsers.add_parser(
+        "rollout", parents=[common(models=True, images=True, out=True)],
+        help="attention rollout maps (plain or gradient-weighted) with overlays",
+        description="Attention rollout (Abnar & Zuidema 2020) or gradient-weighted, class-specific rollout "
+                    "(Chefer et al. 2021) for every image: rollout.npz, one overlay PNG per image, a contact "
+                    "sheet and run.json in --out.")
+    g = p.add_argument_group("rollout options")
+    g.add_argument("--method", choices=METHODS, default="rollout",
+                   help="rollout (class-agnostic) or grad-rollout (class-specific); default rollout")
+    g.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="rollout: fuse heads by (default mean)")
+    g.add_argument("--discard-ratio", type=float, default=0.0, metavar="R",
+                   help="rollout: zero this share of the lowest fused weights per image and layer, never in "
+                        "the class token's row or column (default 0)")
+    g.add_argument("--residual-weight", type=float, default=0.5, metavar="W",
+                   help="rollout: (1-W)*A + W*I, rows renormalised (default 0.5)")
+    g.add_argument("--start-layer", type=int, default=0, metavar="I", help="first attention block (default 0)")
+    g.add_argument("--end-layer", type=int, default=None, metavar="I", help="last attention block (default: the last)")
+    g.add_argument("--target-class", type=int, default=None, metavar="C",
+                   help="grad-rollout: class to explain (default: each image's predicted class)")
+    g.add_argument("--readout", choices=READOUTS, default="auto",
+                   help="auto: class-token row, or the mean over patch queries for models without a class token")
+    g.add_argument("--deletion-steps", type=int, default=0, metavar="S",
+                   help="also a deletion curve per image in S steps (default 0: none)")
+    g.add_argument("--deletion-fill", choices=FILLS, default="mean",
+                   help="removed patches become the image's mean (default) or zero after normalisation")
+    g.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+                   help="model input size (one value, or height width) for models that accept several")
+    g.add_argument("--sheet-max", type=int, default=64, metavar="N", help="overlays on the contact sheet (default 64)")
+    p.set_defaults(func=_cmd)
