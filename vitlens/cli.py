@@ -75,8 +75,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         return 0
     width = max(len(n) for n in zoo)
     for name, z in zoo.items():
-        acc = f"{100 * z.accuracy:.1f}%" if z.accuracy is not None else "n/a"
-        print(f"{name:<{width}}  {z.architecture:<28}  held-out accuracy {acc:>6}  {z.description}")
+        acc = f"{100 * z.accuracy:.2f}%" if z.accuracy is not None else "n/a"
+        print(f"{name:<{width}}  {z.architecture:<28}  held-out accuracy {acc:>7}  {z.description}")
     return 0
 
 

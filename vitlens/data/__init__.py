@@ -1,5 +1,8 @@
-"""Image inputs: files and folders on disk (``images``) and generated data sets."""
+"""Image inputs: files and folders on disk (``images``) and the generated shapes data set (``shapes``)."""
 
+from . import shapes
 from .images import ImageSet, Skipped, find_images, model_transform, open_rgb
+from .shapes import ShapesDataset, make_shape_image, save_images
 
-__all__ = ["ImageSet", "Skipped", "find_images", "model_transform", "open_rgb"]
+__all__ = ["ImageSet", "Skipped", "find_images", "model_transform", "open_rgb", "shapes", "ShapesDataset",
+           "make_shape_image", "save_images"]
