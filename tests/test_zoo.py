@@ -113,7 +113,7 @@ def test_zoo_command_lists_accuracy_as_percentage(capsys):
     for name in SHIPPED:
         z = zoo_models()[name]
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
-        assert f"{100 * z.accuracy:.1f}%" in line
+        assert f"{100 * z.accuracy:.2f}%" in line
 
 
 def test_cli_accepts_zoo_names(capsys):

@@ -15,7 +15,7 @@ from ..layout import token_layout
 from ..models import load_model, model_source
 from ..errors import UnsupportedModelError
 
-__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record"]
+__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record", "WorkerImages"]
 
 
 def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
@@ -71,3 +71,20 @@ def model_record(model: nn.Module, input_size=None) -> dict:
 def args_record(args: argparse.Namespace) -> dict:
     """The command's arguments as plain JSON values (for the run record)."""
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+
+
+class WorkerImages:
+    """An ImageSet whose ``batches(batch_size)`` decodes in ``workers`` DataLoader processes (the
+    interface the analyses take), with the set's record and skip checks passed through."""
+
+    def __init__(self, images: ImageSet, workers: int = 0):
+        self.images, self.workers = images, workers
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, indices=None):
+        return self.images.batches(batch_size, num_workers=self.workers, indices=indices)
+
+    def check_used(self, n_used: int) -> None:
+        self.images.check_used(n_used)

@@ -1,0 +1,62 @@
+"""The locality figure: ViT attention distance and CNN/ViT receptive-field spread on one axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import MODEL_COLORS, new_axes
+
+__all__ = ["plot_locality"]
+
+
+def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, reference: bool = True):
+    """x = relative depth (0 = first layer, 1 = last), y = pixels; one colour per model.
+
+    ViTs: every head's mean attention distance a dot, the layer mean a solid line with circles,
+    the ViT's own ERF spread a dashed line with triangles. CNNs: ERF spread, a solid line with
+    squares. ``band`` shades each ERF's r50 to r90 radii; ``reference`` draws the distance of
+    uniform attention over the whole input (grey, dotted), where a head that looks everywhere sits.
+
+    Args:
+        result: a :class:`~vitlens.locality.Locality`.
+
+    Returns:
+        The axes.
+    """
+    ax = new_axes(ax, figsize=(7.0, 4.6))
+    colors = {m: MODEL_COLORS[i % len(MODEL_COLORS)] for i, m in enumerate(result.models)}
+    top = 1.0
+    for d in result.distances:
+        c = colors[d.model]
+        L, H = d.distance.shape
+        x = np.arange(L) / max(L - 1, 1)
+        side = d.layout.input_size
+        if heads:
+            ax.scatter(np.repeat(x, H), d.distance.ravel(), s=12, color=c, alpha=0.45, edgecolors="none")
+        ax.plot(x, np.nanmean(d.distance, axis=1), color=c, lw=1.8, marker="o", ms=4,
+                label=f"{d.model}: attention distance ({'heads, ' if heads else ''}mean; {side[0]} px input)")
+        top = max(top, float(np.nanmax(d.distance, initial=0.0)), d.uniform)
+        if reference:
+            ax.axhline(d.uniform, color="0.5", ls=":", lw=1)
+            ax.annotate(f"uniform attention, {side[0]} px input: {d.uniform:.1f}", xy=(1, d.uniform),
+                        xycoords=("axes fraction", "data"), xytext=(-4, 3), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=7, color="0.35")
+    for f in result.fields:
+        c = colors[f.model]
+        x = np.asarray(f.depth_fraction, dtype=float)
+        vit = f.kind == "vit"
+        ax.plot(x, f.spread_px, color=c, lw=1.8, ls="--" if vit else "-", marker="^" if vit else "s", ms=5,
+                label=f"{f.model}: {'ViT' if vit else 'CNN'} receptive-field spread ({f.input_size[0]} px input)")
+        top = max(top, float(np.nanmax(f.spread_px, initial=0.0)))
+        if band:
+            ax.fill_between(x, f.r50_px, f.r90_px, color=c, alpha=0.12, lw=0)
+            top = max(top, float(np.nanmax(f.r90_px, initial=0.0)))
+    ax.set_xlim(-0.04, 1.04)
+    ax.set_ylim(0, 1.15 * top)
+    ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
+    ax.set_ylabel("distance (input pixels)")
+    ax.set_title("How far each layer looks: ViT attention vs receptive fields", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1 if len(result.models) < 3 else 2,
+              frameon=False)
+    return ax
