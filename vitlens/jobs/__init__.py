@@ -8,6 +8,6 @@ from __future__ import annotations
 
 import importlib
 
-_JOBS: list[str] = ["distance", "posembed", "erf", "rollout", "compare"]
+_JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare"]
 
 SUBCOMMANDS = [importlib.import_module(f".{m}", __name__).register for m in _JOBS]

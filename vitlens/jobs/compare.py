@@ -119,6 +119,14 @@ def run_compare(vit_specs: Sequence[Spec], cnn_specs: Sequence[Spec], images: Se
     return res
 
 
+def _pairs(names: list[str], ckpts: list[str], flag: str) -> list[Spec]:
+    """Pair ``--vit``/``--cnn`` names with their checkpoints in order."""
+    if len(ckpts) > len(names):
+        raise VitlensError(f"{len(ckpts)} --{flag}-checkpoint given for {len(names)} --{flag}; each "
+                           f"checkpoint pairs with the --{flag} at the same position.")
+    return [(n, ckpts[i] if i < len(ckpts) else None) for i, n in enumerate(names)]
+
+
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
         "compare", parents=[common(models=False, images=True, out=True)],
@@ -136,12 +144,6 @@ def register(subparsers, common) -> None:
     p.add_argument("--random-init", action="store_true", help="random weights (a baseline)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="forward pass precision for attention distance (reductions are float32)")
-
-    def _pairs(names: list[str], ckpts: list[str], flag: str) -> list[Spec]:
-        if len(ckpts) > len(names):
-            raise VitlensError(f"{len(ckpts)} --{flag}-checkpoint given for {len(names)} --{flag}; each "
-                               f"checkpoint pairs with the --{flag} at the same position.")
-        return [(n, ckpts[i] if i < len(ckpts) else None) for i, n in enumerate(names)]
 
     def _run(args):
         run_compare(_pairs(args.vit, args.vit_checkpoint, "vit"), _pairs(args.cnn, args.cnn_checkpoint, "cnn"),

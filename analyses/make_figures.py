@@ -1,0 +1,60 @@
+"""Regenerate ``figures/`` (the figures the README shows) from the shipped models, offline.
+
+Runs the same code as ``vitlens report`` (the shipped ViTs and CNN over generated held-out shapes
+images) in a temporary folder and keeps its figures and key numbers:
+
+    python analyses/make_figures.py                  # 200 images, about a minute on 2 cores
+    python analyses/make_figures.py --num-images 500 --out figures
+
+Writes ``<out>/*.png`` and ``<out>/summary.json`` (the numbers quoted in the README, with the
+command and versions that produced them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from vitlens.io import versions, write_json
+from vitlens.jobs.report import run_report
+
+FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
+           "locality.png", "receptive_field.png", "less_data.png"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures"), help="folder to write")
+    p.add_argument("--num-images", type=int, default=200, help="generated held-out images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_report(Path(tmp) / "report", num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
+                   command=f"python analyses/make_figures.py --num-images {args.num_images} --seed {args.seed}")
+        rep = Path(tmp) / "report"
+        for name in FIGURES:
+            shutil.copyfile(rep / "figures" / name, out / name)
+        record = json.loads((rep / "run.json").read_text())
+        import pandas as pd
+        scores = pd.read_csv(rep / "data" / "rollout_scores.csv")
+        rollout = {m: {"mask_share": float(g.mask_share.mean()), "mask_area": float(g.mask_area.mean()),
+                       "pointing_hit": float(g.pointing_hit.mean()), "correct": float(g.correct.mean())}
+                   for m, g in scores.groupby("model", sort=False)}
+    write_json(out / "summary.json", {
+        "command": " ".join(["python", "analyses/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
+        "images": record["images"], "locality": record["summary"], "rollout": rollout,
+        "models": [{k: m.get(k) for k in ("name", "weights", "held_out_accuracy")} for m in record["models"]],
+        "versions": versions()})
+    print(f"wrote {len(FIGURES)} figures and summary.json to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``vitlens report``: the offline default on the shipped models, the page in a headless browser,
+custom models and images, and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vitlens.cli import main
+from vitlens.distance import attention_distance
+from vitlens.models import load_model
+from vitlens.data.images import ImageSet
+
+FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
+           "locality.png", "receptive_field.png", "less_data.png"]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "r"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["report", "--out", str(out), "--num-images", "16", "--batch-size", "8"])
+    assert rc == 0
+    return out, buf.getvalue()
+
+
+def test_default_report_writes_a_complete_page(report):
+    out, stdout = report
+    assert stdout.strip().splitlines()[-1] == f"open {(out / 'index.html').resolve()}"
+    page = (out / "index.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(s.split("/")[-1] for s in srcs) == sorted(FIGURES)
+    for s in srcs:
+        assert (out / s).stat().st_size > 1000
+    for title in ("Mean attention distance by depth", "Position-embedding similarity", "Attention rollout",
+                  "ViT versus CNN locality", "Less training data: local heads", "Run record"):
+        assert title in page
+    for link in re.findall(r'href="(data/[^"]+)"', page):
+        assert (out / link).is_file(), link
+    rec = json.loads((out / "run.json").read_text())
+    assert [m["name"] for m in rec["models"]] == ["vitlens/vit-tiny-shapes", "vitlens/vit-tiny-shapes-10pct",
+                                                  "vitlens/resnet-tiny-shapes"]
+    assert all(m["images"]["n_images"] == 16 for m in rec["models"])
+    assert len(list((out / "shapes" / "images").glob("*.png"))) == 16
+
+
+def test_report_numbers_are_the_analyses(report):
+    """The page's attention distances are those of the analysis run directly on the same files."""
+    out, _ = report
+    df = pd.read_csv(out / "data" / "attention_distance.csv")
+    vit = load_model("vitlens/vit-tiny-shapes")
+    d = attention_distance(vit, ImageSet.for_model(vit, [out / "shapes" / "images"]))
+    got = df[df.model == "vitlens/vit-tiny-shapes"].distance_px.to_numpy()
+    np.testing.assert_allclose(got, d.distance.ravel(), rtol=1e-5)
+    page = (out / "index.html").read_text()
+    assert f"{d.distance.mean(1)[0]:.2f} / {d.distance.mean(1)[-1]:.2f} px" in page
+    scores = pd.read_csv(out / "data" / "rollout_scores.csv")
+    assert scores.mask_share.between(0, 1).all() and scores.mask_area.between(0, 1).all()
+    # a trained model's rollout puts more of its mass on the object than the object's area would
+    g = scores[scores.model == "vitlens/vit-tiny-shapes"]
+    assert g.mask_share.mean() > g.mask_area.mean()
+
+
+def test_report_page_loads_every_figure_in_chromium(report):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (.ci/run installs it)")
+    out, _ = report
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--no-first-run", "--virtual-time-budget=10000",
+           "--dump-dom", (out / "index.html").resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom)
+    assert m, "the page's load check did not run"
+    assert m.group(1) == m.group(2) == str(len(FIGURES))
+    # and the check can fail: a page with a missing figure reports it
+    broken = out / "broken.html"
+    broken.write_text((out / "index.html").read_text().replace("figures/locality.png", "figures/missing.png"))
+    dom = subprocess.run(cmd[:-1] + [broken.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert f'data-figures-loaded="{len(FIGURES) - 1}/{len(FIGURES)}"' in dom
+    assert "figure missing: figures/missing.png" in dom
+
+
+def test_report_on_given_models_and_images_without_masks(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(imgs / f"p{i}.jpg")
+    (imgs / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "r"
+    rc = main(["report", "--vit", "vitlens/vit-tiny-shapes", "--cnn", "vitlens/resnet-tiny-shapes",
+               "--images", str(imgs), "--out", str(out)])
+    assert rc == 0
+    page = (out / "index.html").read_text()
+    assert "no object masks" in page
+    assert "Less training data" not in page and not (out / "shapes").exists()
+    assert not (out / "figures" / "rollout_mask_share.png").exists()
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["models"][0]["images"]["n_images"] == 5
+    assert [s["path"].endswith("broken.jpg") for s in rec["models"][0]["images"]["skipped"]] == [True]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--cnn", "vitlens/vit-tiny-shapes"], "--vit"),
+    (["--vit", "vitlens/resnet-tiny-shapes"], "--cnn"),
+    (["--vit-checkpoint", "x.pth"], "--vit"),
+    (["--num-images", "0"], "at least 1"),
+])
+def test_report_errors(argv, needle, tmp_path, capsys):
+    rc = main(["report", *argv, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_report_refuses_to_overwrite(report, capsys):
+    out, _ = report
+    rc = main(["report", "--out", str(out), "--num-images", "4"])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_readme_figures_exist():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    links = re.findall(r"\]\((figures/[^)]+)\)", (root / "README.md").read_text())
+    assert len(links) >= 7
+    for link in links:
+        assert (root / link).is_file(), link
