@@ -17,7 +17,7 @@ from ..locality import Locality, locality
 from ..receptive_field import _is_vit, default_layers, effective_receptive_field
 from .common import WorkerImages, args_record, display_name, images_for, load_models, model_record
 
-__all__ = ["run_compare", "measure_locality", "register", "PRODUCTS"]
+__all__ = ["run_compare", "measure_locality", "register", "add_model_arguments", "model_pairs", "PRODUCTS"]
 
 PRODUCTS = ["locality.csv", "locality.png", "locality.svg", "run.json"]
 
@@ -127,6 +127,21 @@ def _pairs(names: list[str], ckpts: list[str], flag: str) -> list[Spec]:
     return [(n, ckpts[i] if i < len(ckpts) else None) for i, n in enumerate(names)]
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--vit``, ``--cnn`` and their checkpoints (read back with :func:`model_pairs`)."""
+    p.add_argument("--vit", action="append", default=[], metavar="NAME", help="a ViT (timm name or shipped model); repeat")
+    p.add_argument("--cnn", action="append", default=[], metavar="NAME", help="a CNN (timm name or shipped model); repeat")
+    p.add_argument("--vit-checkpoint", action="append", default=[], metavar="PATH",
+                   help="local weights for the --vit at the same position")
+    p.add_argument("--cnn-checkpoint", action="append", default=[], metavar="PATH",
+                   help="local weights for the --cnn at the same position")
+
+
+def model_pairs(args: argparse.Namespace) -> tuple[list[Spec], list[Spec]]:
+    """``([(vit, checkpoint or None), ...], [(cnn, checkpoint or None), ...])`` from the arguments."""
+    return _pairs(args.vit, args.vit_checkpoint, "vit"), _pairs(args.cnn, args.cnn_checkpoint, "cnn")
+
+
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
         "compare", parents=[common(models=False, images=True, out=True)],
@@ -135,19 +150,13 @@ def register(subparsers, common) -> None:
                     "receptive field of its blocks; for each --cnn: the receptive-field spread of its "
                     "stages. x = relative depth (0 to 1), y = input pixels. Writes locality.csv, "
                     "locality.png, locality.svg and run.json into --out.")
-    p.add_argument("--vit", action="append", default=[], metavar="NAME", help="a ViT (timm name or shipped model); repeat")
-    p.add_argument("--cnn", action="append", default=[], metavar="NAME", help="a CNN (timm name or shipped model); repeat")
-    p.add_argument("--vit-checkpoint", action="append", default=[], metavar="PATH",
-                   help="local weights for the --vit at the same position")
-    p.add_argument("--cnn-checkpoint", action="append", default=[], metavar="PATH",
-                   help="local weights for the --cnn at the same position")
+    add_model_arguments(p)
     p.add_argument("--random-init", action="store_true", help="random weights (a baseline)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="forward pass precision for attention distance (reductions are float32)")
 
     def _run(args):
-        run_compare(_pairs(args.vit, args.vit_checkpoint, "vit"), _pairs(args.cnn, args.cnn_checkpoint, "cnn"),
-                    args.images, args.out, random_init=args.random_init, device=args.device,
+        run_compare(*model_pairs(args), args.images, args.out, random_init=args.random_init, device=args.device,
                     batch_size=args.batch_size, num_images=args.num_images, sample=args.sample, seed=args.seed,
                     workers=args.workers, precision=args.precision, overwrite=args.overwrite, args=args)
 

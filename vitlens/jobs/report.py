@@ -32,7 +32,7 @@ from ..models import zoo_models
 from ..receptive_field import effective_receptive_field
 from ..report_page import Figure, Section, render_page
 from .common import WorkerImages, display_name, images_for, load_models, model_record, progress
-from .compare import _check_cnn, _check_vit
+from .compare import _check_cnn, _check_vit, add_model_arguments, model_pairs
 
 __all__ = ["run_report", "register", "DEFAULT_VITS", "DEFAULT_CNNS", "HELD_OUT_START", "LOCAL_FRACTION"]
 
@@ -251,7 +251,8 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, wi
 
 def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None = None,
                cnns: Sequence[tuple[str, str | None]] | None = None, images: Sequence[str] | None = None,
-               num_images: int = 200, batch_size: int = 32, device: str = "cpu", workers: int = 0, seed: int = 0,
+               num_images: int = 200, batch_size: int = 32, device: str = "cpu", precision: str = "fp32",
+               workers: int = 0, seed: int = 0,
                local_fraction: float = LOCAL_FRACTION, overwrite: bool = False, show_progress: bool = True,
                command: str = "") -> Path:
     """Run every analysis and write the report into ``out``; returns the path of ``index.html``.
@@ -261,6 +262,7 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
         images: image files or folders; None: ``num_images`` generated held-out shapes images (with
             masks, written to ``out/shapes``), drawn with ``seed``.
         num_images: images used (generated, or the first of ``images``).
+        precision: forward pass of the attention-distance analysis (reductions are float32).
         local_fraction: a head is local below this share of uniform attention's distance.
     """
     import matplotlib.pyplot as plt
@@ -314,7 +316,7 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
     distances = []
     for m in vit_models:
         distances.append(attention_distance(m, sets[id(m)], batch_size=batch_size, name=display_name(m),
-                                            progress=show_progress, workers=workers))
+                                            precision=precision, progress=show_progress, workers=workers))
         step(f"attention distance {display_name(m)}")
     if distances:
         save_csv(data / "attention_distance.csv", pd.concat([d.to_frame() for d in distances], ignore_index=True))
@@ -406,7 +408,7 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
         rec_rows.append((e.get("name", "model"), f"{e['kind'].upper() if e['kind'] == 'cnn' else 'ViT'}; "
                                                   f"weights: {e.get('weights', '?')}{acc}"))
     v = versions()
-    rec_rows += [("device", device), ("seed", str(seed)), ("batch size", str(batch_size)),
+    rec_rows += [("device", device), ("precision", precision), ("seed", str(seed)), ("batch size", str(batch_size)),
                  ("time", f"{time.time() - start:.0f} s, finished {time.strftime('%Y-%m-%d %H:%M:%S')}"),
                  ("versions", ", ".join(f"{k} {val}" for k, val in v.items()))]
     page = render_page("vitlens report", f"{len(models)} models, {n_used} images. How far ViT heads look, what "
@@ -425,27 +427,23 @@ def register(subparsers, common) -> None:
         description="Attention distance, position-embedding similarity, attention rollout with its mask "
                     "score, and ViT versus CNN locality, as DIR/index.html with figures and data beside it. "
                     "With no --vit/--cnn it runs on the shipped models over generated held-out images.")
-    p.add_argument("--vit", action="append", default=[], metavar="NAME", help="a ViT (timm name or shipped model); repeat")
-    p.add_argument("--cnn", action="append", default=[], metavar="NAME", help="a CNN (timm name or shipped model); repeat")
-    p.add_argument("--vit-checkpoint", action="append", default=[], metavar="PATH",
-                   help="local weights for the --vit at the same position")
-    p.add_argument("--cnn-checkpoint", action="append", default=[], metavar="PATH",
-                   help="local weights for the --cnn at the same position")
+    add_model_arguments(p)
     p.add_argument("--images", action="append", metavar="PATH",
                    help="image file or folder (default: generated held-out shapes images with masks)")
     p.add_argument("--num-images", type=int, default=200, metavar="N", help="images to use (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="forward pass precision for attention distance (reductions are float32)")
 
     def _run(args):
-        from .compare import _pairs
         given = args.vit or args.cnn
-        vits = _pairs(args.vit, args.vit_checkpoint, "vit") if given else None
-        cnns = _pairs(args.cnn, args.cnn_checkpoint, "cnn") if given else None
+        vits, cnns = model_pairs(args) if given else (None, None)
         if not given and (args.vit_checkpoint or args.cnn_checkpoint):
             raise VitlensError("--vit-checkpoint and --cnn-checkpoint need the --vit or --cnn they belong to.")
         index = run_report(args.out, vits=vits, cnns=cnns, images=args.images, num_images=args.num_images,
-                           batch_size=args.batch_size, device=args.device, workers=args.workers, seed=args.seed,
+                           batch_size=args.batch_size, device=args.device, precision=args.precision,
+                           workers=args.workers, seed=args.seed,
                            overwrite=args.overwrite, command="vitlens " + shlex.join(sys.argv[1:]))
         print(f"open {index.resolve()}")
 
