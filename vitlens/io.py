@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -24,14 +26,31 @@ __all__ = ["atomic_path", "write_json", "write_text", "save_csv", "save_npz", "s
            "save_figure", "prepare_out_dir", "versions", "RunRecord"]
 
 
+def _create_temp(path: Path) -> Path:
+    """Create an empty, unique temporary file beside ``path``, with the permissions a plain
+    ``open(path, "w")`` would give: those of the file it replaces, or 0666 less the umask for a new
+    one (``mkstemp``'s 0600 would make results unreadable to everyone else)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -99,14 +118,24 @@ def prepare_out_dir(out: str | os.PathLike, products: list[str], overwrite: bool
     """Check that ``out`` can be written and holds none of ``products`` (unless ``overwrite``).
 
     Called before any computation, so a mistake costs nothing.
+
+    Raises:
+        OutputError: ``out`` or one of its parents is a file, the folder cannot be created or
+            written (permissions, read-only file system), or it holds results and not ``overwrite``.
     """
     out = Path(out)
     try:
+        blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
+        if blocker is not None:
+            where = "is a file" if blocker == out else f"is under {blocker}, which is a file"
+            raise OutputError(f"cannot use {out} as the output folder: it {where}, not a folder; "
+                              "choose another --out.")
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".vitlens-probe", delete=True)
         probe.close()
     except OSError as e:
-        raise OutputError(f"cannot write to the output folder {out} ({e.strerror or e}).") from e
+        raise OutputError(f"cannot write to the output folder {out} ({e.strerror or e}); "
+                          "choose another --out or fix its permissions.") from e
     existing = [p for p in products if (out / p).exists()]
     if existing and not overwrite:
         raise OutputError(f"the output folder {out} already holds results ({', '.join(existing[:4])}); "

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
@@ -93,44 +93,74 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64) / 257.0
     elif img.mode == "I":
         arr = np.asarray(img, dtype=np.float64)
-        arr = arr / 257.0 if arr.max() > 255 else arr
+        arr = arr / 257.0 if arr.size and arr.max() > 255 else arr
     elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr * 255.0 if arr.max() <= 1.0 else arr
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
     else:
         return img
     return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; metadata that cannot be parsed leaves the pixels as stored,
+    since a corrupt tag says nothing about how the picture should be turned."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # Pillow raises SyntaxError, struct.error, KeyError... on broken EXIF blocks
+        return img
 
 
 def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image as 8-bit RGB with its EXIF orientation applied.
 
     Raises:
-        OSError or ValueError (or Pillow's errors): the file is not a readable image, is truncated,
-            or has more than ``max_pixels`` pixels.
+        OSError or ValueError: the file is not a readable image, is truncated or corrupt, has no
+            pixels, or has more than ``max_pixels`` pixels. Pillow's decoders also fail with other
+            types (SyntaxError, struct.error, EOFError...); those are raised as OSError, so callers
+            need to catch only these two.
     """
     old_max, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
     Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(path)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise ValueError(f"image is over the limit of {max_pixels} pixels (a decompression-bomb "
-                                 f"guard): {e}") from None
-            with img:
-                if max_pixels is not None and img.width * img.height > max_pixels:
-                    raise ValueError(f"{img.width} x {img.height} pixels is over the limit of "
-                                     f"{max_pixels} (a decompression-bomb guard)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_8bit(img)
-                if img.mode in ("P", "PA") and "transparency" in img.info:
-                    img = img.convert("RGBA")
-                return img.convert("RGB")
+            return _decode(path, max_pixels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image is over the limit of {max_pixels} pixels (a decompression-bomb "
+                         f"guard): {e}") from None
+    except (OSError, ValueError, MemoryError):
+        raise
+    except Exception as e:
+        raise OSError(f"cannot decode the image ({type(e).__name__}: {e})") from e
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_max, old_trunc
+
+
+def _decode(path, max_pixels: int | None) -> Image.Image:
+    # Through a file object, not a path: given a path, Pillow memory-maps uncompressed TIFFs and
+    # then reads those with an EXIF orientation of 5-8 with height and width swapped (Pillow 13).
+    with open(path, "rb") as f:
+        try:
+            img = Image.open(f)
+        except UnidentifiedImageError:  # its message would name the file object, not the file
+            raise UnidentifiedImageError(f"cannot identify image file {os.fspath(path)!r}") from None
+        with img:
+            return _convert(img, max_pixels)
+
+
+def _convert(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Check the size, decode the pixels, turn them upright and convert to 8-bit RGB."""
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ValueError(f"{img.width} x {img.height} pixels is over the limit of "
+                         f"{max_pixels} (a decompression-bomb guard)")
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"the image has no pixels ({img.width} x {img.height})")
+    img.load()
+    img = _to_8bit(_upright(img))
+    if img.mode in ("P", "PA") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
 
 
 def model_transform(model: nn.Module, input_size: int | Sequence[int] | None = None):
@@ -219,6 +249,9 @@ class ImageSet:
                 yield x, idx
 
     def skip(self, path, reason: str) -> None:
+        """Record an unreadable file once, however many passes over the set meet it."""
+        if any(s.path == str(path) for s in self.skipped):
+            return
         warnings.warn(f"skipped {path}: {reason}", stacklevel=2)
         self.skipped.append(Skipped(str(path), reason))
 
