@@ -19,8 +19,8 @@ from vitlens.cli import main
 from vitlens.data.images import ImageSet
 from vitlens.errors import VitlensError
 from vitlens.layout import token_layout
-from vitlens.receptive_field import (default_layers, effective_receptive_field,
-                                     spread_and_radii, theoretical_receptive_field)
+from vitlens.receptive_field import (ReceptiveFieldAccumulator, default_layers, effective_receptive_field,
+                                     spread_and_radii, stream_receptive_field, theoretical_receptive_field)
 
 GAUSS_MEAN_RADIUS, GAUSS_R50, GAUSS_R90 = 1.2533, 1.1774, 2.1460  # times sigma (Rayleigh distribution)
 
@@ -377,6 +377,32 @@ def test_imageset_uses_the_model_preprocessing(tiny_cnn, tmp_path):
     x = torch.cat([xb for xb, _ in ImageSet.for_model(tiny_cnn, folder, input_size=32).batches(8)])
     r_t = effective_receptive_field(tiny_cnn, x, progress=False)
     np.testing.assert_allclose(r.maps, r_t.maps, rtol=1e-5, atol=1e-12)
+
+
+def test_sums_over_parts_of_the_images_add_up_to_one_pass(tiny_cnn):
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    whole = effective_receptive_field(tiny_cnn, x, batch_size=5, progress=False)
+    a, b, idle = (ReceptiveFieldAccumulator(tiny_cnn, input_size=(32, 32)) for _ in range(3))
+    assert idle.state()["map_sum"].shape == (5, 32, 32)  # shaped before any image: a process with none
+    assert list(stream_receptive_field(a, x, batch_size=2, indices=[0, 2, 4])) == [[0, 2], [4]]
+    assert list(stream_receptive_field(b, x, batch_size=2, indices=[3, 1])) == [[3, 1]]
+    summed = ReceptiveFieldAccumulator(tiny_cnn)
+    summed.prepare((32, 32))
+    summed.load_state({k: v + b.state()[k] + idle.state()[k] for k, v in a.state().items()})
+    a.merge(b)
+    a.merge(idle)
+    for r in (a.result(), summed.result()):
+        assert r.n_images == 5 and r.layers == whole.layers
+        np.testing.assert_allclose(r.maps, whole.maps, rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(r.spread_px, whole.spread_px, rtol=1e-6)
+        np.testing.assert_allclose(r.spread_std_px, whole.spread_std_px, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(r.r90_px, whole.r90_px, rtol=1e-6)
+    with pytest.raises(ValueError, match="no images"):
+        idle.result()
+    with pytest.raises(ValueError, match="does not match"):
+        ReceptiveFieldAccumulator(tiny_cnn, input_size=(40, 40)).load_state(a.state())
+    with pytest.raises(ValueError, match="one size"):
+        a.update(torch.randn(1, 3, 40, 40))
 
 
 # --------------------------------------------------------------------------- command line

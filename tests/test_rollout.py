@@ -175,6 +175,30 @@ def test_batch_size_does_not_change_any_map(fam, method):
     np.testing.assert_allclose(single.maps[0], ref.maps[3], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout"])
+def test_a_subset_of_images_gives_their_maps_and_takes_them_back_in_order(method):
+    from vitlens.rollout import iter_rollout
+    from vitlens.scores import DeletionCurve, deletion_curve
+
+    model = sharpen(build("vit"))
+    x = batch("vit", n=5)
+    targets = [3, 1, 4, 1, 5]
+    whole = attention_rollout(model, x, method=method, target_class=targets)
+    pick = [3, 0, 4]
+    part = RolloutMaps.concat([p for _, p in iter_rollout(model, x, method=method, target_class=targets,
+                                                          batch_size=2, indices=pick)])
+    assert part.names == ("3", "0", "4") and list(part.target) == [targets[i] for i in pick]
+    np.testing.assert_allclose(part.maps, whole.maps[pick], rtol=1e-5, atol=1e-9)
+    back = part.take(np.argsort([int(n) for n in part.names]))
+    assert back.names == ("0", "3", "4") and list(back.target) == [3, 1, 5]
+    np.testing.assert_allclose(back.maps, whole.maps[[0, 3, 4]], rtol=1e-5, atol=1e-9)
+    curve = deletion_curve(model, x[pick], part, steps=2)
+    first = curve.take([1])
+    assert first.names == ("0",) and first.confidence.shape == (1, 3)
+    joined = DeletionCurve.concat([curve.take([2]), first])
+    assert joined.names == ("4", "0") and np.array_equal(joined.auc, curve.auc[[2, 1]])
+
+
 # --------------------------------------------------------------------------- reference defects
 
 def test_rows_are_normalised_on_the_right_axis_for_any_batch():

@@ -41,6 +41,10 @@ disagrees):
 The model must be in eval mode (batch norm in training mode would mix images in a batch and make
 one image's gradient depend on the others); it is never switched, a model in training mode is
 refused. Gradients are taken with respect to the input only; parameter ``.grad`` is left alone.
+
+Everything averaged is kept as sums over images (:class:`ReceptiveFieldAccumulator`), so the
+images can be split into parts (processes, or a run stopped and resumed) whose sums add up to
+those of one pass.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ import torch.nn as nn
 from .errors import UnsupportedModelError, VitlensError
 from .layout import TokenLayout, token_layout
 
-__all__ = ["ReceptiveField", "TheoreticalField", "effective_receptive_field", "theoretical_receptive_field",
-           "default_layers", "spread_and_radii", "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
+__all__ = ["ReceptiveField", "TheoreticalField", "ReceptiveFieldAccumulator", "effective_receptive_field",
+           "stream_receptive_field", "theoretical_receptive_field", "default_layers", "spread_and_radii",
+           "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
 
 Objective = Literal["sum", "relu_sum"]
 InputGradient = Literal["abs", "relu"]
@@ -502,21 +507,35 @@ class _Outputs:
 # --------------------------------------------------------------------------- the analysis
 
 
-def _batches(images, batch_size: int) -> Iterator[torch.Tensor]:
+def _check_images(x: torch.Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"images must be a float tensor [image, 3, height, width], got "
+                         f"{x.dtype} {tuple(x.shape)}")
+
+
+def _batches(images, batch_size: int, indices: Sequence[int] | None = None,
+             workers: int = 0) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """``(inputs [batch, 3, height, width], image indices)`` from a tensor or an ImageSet-like
+    object (anything with ``batches(batch_size)``), over all images or only ``indices``."""
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor [image, 3, height, width], got "
-                             f"{images.dtype} {tuple(images.shape)}")
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i:i + batch_size]
-    else:
-        for x, _ in images.batches(batch_size):
-            yield x
+        _check_images(images)
+        idx = list(range(images.shape[0])) if indices is None else list(indices)
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i:i + batch_size]
+            yield (images[i:i + batch_size] if indices is None else images[chunk]), chunk
+        return
+    kwargs: dict = {}
+    if indices is not None:
+        kwargs["indices"] = list(indices)
+    if workers:
+        kwargs["num_workers"] = workers
+    for x, idx in images.batches(batch_size, **kwargs):
+        yield x, list(idx)
 
 
 @dataclass
 class _Layer:
-    """Per-layer setup, fixed at the first batch."""
+    """Per-layer setup, fixed by the first forward pass."""
 
     name: str
     kind: str
@@ -554,6 +573,257 @@ def _setup_layer(name: str, out: torch.Tensor, input_size: tuple[int, int], layo
                   torch.from_numpy(_pixel_distances(input_size, (cy, cx))))
 
 
+class ReceptiveFieldAccumulator:
+    """Running sums of the input-gradient maps of ``layers`` of ``model`` over images.
+
+    ``update(x)`` adds a batch ``[batch, 3, height, width]``. The state is float64 sums that add up
+    over any split of the images: the per-pixel maps ``map_sum [layer, height, width]``, the
+    per-image spread and its square ``spread_sum, spread_sumsq [layer]``, the images with gradient
+    mass ``spread_count [layer]`` and the image count ``n_images [1]``. Partial states therefore
+    merge (``merge``, or a sum of ``state()`` over processes) and can be saved and loaded again;
+    ``result()`` turns the sums into a :class:`ReceptiveField`. The arguments are those of
+    :func:`effective_receptive_field`; the checks on the model and layers run here, before any
+    image is read. ``input_size`` (or :meth:`prepare`) fixes the layer setup and allocates the sums
+    at once; otherwise the first batch does.
+    """
+
+    SUMMED = ("map_sum", "spread_sum", "spread_sumsq", "spread_count", "n_images")
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, *,
+                 device: str | torch.device | None = None, objective: Objective = "sum",
+                 input_gradient: InputGradient = "abs", unit_position: UnitPosition = "receptive_field",
+                 input_size: Sequence[int] | None = None):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if input_gradient not in INPUT_GRADIENTS:
+            raise ValueError(f"input_gradient must be one of {INPUT_GRADIENTS}, got {input_gradient!r}")
+        if unit_position not in UNIT_POSITIONS:
+            raise ValueError(f"unit_position must be one of {UNIT_POSITIONS}, got {unit_position!r}")
+        training = [n or "the model" for n, m in model.named_modules() if m.training]
+        if training:
+            raise VitlensError(
+                f"{type(model).__name__} is in training mode ({training[0]}"
+                f"{' and others' if len(training) > 1 else ''}); batch norm and dropout would make each "
+                "image's gradient depend on the batch and on chance. Call model.eval() first (vitlens does "
+                "not switch it for you).")
+        mods = dict(model.named_modules())
+        self.model, self.vit = model, _is_vit(model)
+        try:
+            self.defaults = default_layers(model)
+        except UnsupportedModelError:
+            if layers is None:
+                raise
+            self.defaults = []
+        layers = list(self.defaults if layers is None else layers)
+        if not layers:
+            raise ValueError("layers is empty")
+        unknown = [l for l in layers if l not in mods]
+        if unknown:
+            close = [n for n in mods if n and any(n.endswith(u.split(".")[-1]) for u in unknown)][:5]
+            raise UnsupportedModelError(f"{type(model).__name__} has no module named {', '.join(unknown)}"
+                                        + (f" (similar: {', '.join(close)})" if close else "") + ".")
+        if len(set(layers)) != len(layers):
+            raise ValueError("layers holds a name twice")
+        self.layers = layers
+        self.fields = theoretical_receptive_field(model, layers)
+        self.objective, self.input_gradient, self.unit_position = objective, input_gradient, unit_position
+        params = next(iter(model.parameters()), None)
+        self.dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
+        if device is None:
+            device = params.device if params is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC" and not self.vit
+        self.setup: list[_Layer] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.map_sum = self.spread_sum = self.spread_sumsq = self.spread_count = None
+        self.n_images = np.zeros(1, dtype=np.int64)
+        if input_size is not None:
+            self.prepare(input_size)
+
+    def _capture(self) -> _Outputs:
+        return _Outputs(self.model, self.layers, self.channels_last)
+
+    def _set_up(self, outs: dict[str, torch.Tensor], order: Sequence[str], input_size: tuple[int, int]) -> None:
+        layout = token_layout(self.model, input_size) if self.vit else None
+        self.setup = [_setup_layer(l, outs[l], input_size, layout, self.fields[l], self.unit_position)
+                      for l in order]
+        self.input_size = input_size
+        L = len(self.setup)
+        self.map_sum = np.zeros((L, *input_size), dtype=np.float64)
+        self.spread_sum, self.spread_sumsq = np.zeros(L), np.zeros(L)
+        self.spread_count = np.zeros(L, dtype=np.int64)
+
+    def prepare(self, input_size: Sequence[int]) -> None:
+        """Fix the layer setup for inputs of ``input_size`` (height, width) from one forward pass
+        of a blank image, and allocate the sums: a process that reads no image then still holds
+        sums of the right shapes."""
+        size = (int(input_size[0]), int(input_size[-1]))
+        if self.setup is not None:
+            if size != self.input_size:
+                raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
+            return
+        x = torch.zeros(1, 3, *size, device=self.device, dtype=self.dtype)
+        with torch.no_grad(), self._capture() as cap:
+            outs = cap.run(x)
+            self._set_up(outs, list(cap.order), size)
+
+    def update(self, images: torch.Tensor) -> int:
+        """Add the input-gradient maps of a batch ``[batch, 3, height, width]``; returns its size.
+
+        One forward pass with hooks on the layers (stopped after the last of them), then for each
+        layer one ``torch.autograd.grad`` of the batch-summed objective with respect to the input,
+        retaining the graph between layers. Images do not interact in eval mode, so the input
+        gradient of the summed objective is every image's own gradient.
+        """
+        _check_images(images)
+        x = images.to(device=self.device, dtype=self.dtype).detach().requires_grad_(True)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if self.setup is not None and size != self.input_size:
+            raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
+        with torch.enable_grad(), self._capture() as cap:
+            outs = cap.run(x)
+            if self.setup is None:
+                self._set_up(outs, list(cap.order), size)
+            for li, lay in enumerate(self.setup):
+                out = outs[lay.name]
+                if lay.token is not None:
+                    unit = out[:, lay.token, :]  # [batch, channel]
+                else:
+                    if tuple(out.shape[2:]) != lay.feature_size:
+                        raise ValueError(f"{lay.name}: feature size changed between batches")
+                    unit = out[:, :, lay.centre_index[0], lay.centre_index[1]]  # [batch, channel]
+                obj = (unit.relu() if self.objective == "relu_sum" else unit).sum()
+                last = li == len(self.setup) - 1
+                g = None
+                if obj.requires_grad:
+                    (g,) = torch.autograd.grad(obj, x, retain_graph=not last, allow_unused=True)
+                if g is None:
+                    g = torch.zeros_like(x)
+                g = g.abs() if self.input_gradient == "abs" else g.relu()
+                g = g.sum(1).detach().to("cpu", torch.float64)  # [batch, height, width]
+                self.map_sum[li] += g.sum(0).numpy()
+                mass = g.sum((1, 2))  # [batch]
+                ok = mass > 0
+                per_image = (g * lay.distances).sum((1, 2))[ok] / mass[ok]  # [image with mass]
+                self.spread_sum[li] += per_image.sum().item()
+                self.spread_sumsq[li] += (per_image ** 2).sum().item()
+                self.spread_count[li] += int(ok.sum())
+            del outs
+        n = int(x.shape[0])
+        self.n_images += n
+        return n
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The partial state as arrays, to save, resume or sum over processes (every array adds).
+
+        Raises:
+            ValueError: the layer setup is not fixed yet (no batch and no :meth:`prepare`).
+        """
+        if self.setup is None:
+            raise ValueError("the accumulator has no layer setup yet: call prepare(input_size) or add a batch")
+        return {k: getattr(self, k) for k in self.SUMMED}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the sums by ``state`` (as returned by :meth:`state`, same layers and input size)."""
+        mine = self.state()
+        for k in self.SUMMED:
+            v = np.asarray(state[k])
+            if v.shape != mine[k].shape:
+                raise ValueError(f"{k}: saved shape {v.shape} does not match {mine[k].shape} (another "
+                                 "model, layer list or input size)")
+            mine[k][...] = v
+
+    def merge(self, other: "ReceptiveFieldAccumulator") -> None:
+        """Add another accumulator's images (same model, layers and input size) to this one."""
+        if other.setup is None:
+            return
+        if self.setup is None:
+            self.prepare(other.input_size)
+        theirs = other.state()
+        for k, v in self.state().items():
+            if v.shape != theirs[k].shape:
+                raise ValueError(f"{k}: shapes {v.shape} and {theirs[k].shape} differ")
+            v += theirs[k]
+
+    def result(self, name: str | None = None) -> ReceptiveField:
+        """The receptive field of the images added so far: the mean map per layer and its scalars.
+
+        Raises:
+            ValueError: no image was added.
+        """
+        from .models import model_source
+
+        n = int(self.n_images[0])
+        if self.setup is None or n == 0:
+            raise ValueError("no images were added, so there is no receptive field to report")
+        setup, fields, vit, defaults = self.setup, self.fields, self.vit, self.defaults
+        order = [lay.name for lay in setup]
+        L = len(setup)
+        maps = self.map_sum / n  # [layer, height, width]
+        spread, r50, r90 = np.empty(L), np.empty(L), np.empty(L)
+        for li, lay in enumerate(setup):
+            spread[li], (r50[li], r90[li]) = spread_and_radii(maps[li], lay.centre_px, (0.5, 0.9))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = self.spread_count.astype(np.float64)
+            mean = self.spread_sum / c
+            std = np.sqrt(np.maximum(self.spread_sumsq / c - mean ** 2, 0.0))
+        uniform = np.array([lay.distances.mean().item() for lay in setup])
+
+        if all(l in defaults for l in order):
+            depth = np.array([defaults.index(l) for l in order])
+            n_depth = len(defaults)
+        else:
+            depth = np.arange(L)
+            n_depth = L
+        depth_fraction = depth / (n_depth - 1) if n_depth > 1 else np.zeros(L)
+
+        theo = np.array([fields[l].size_px if not vit else math.nan for l in order])
+        reasons = tuple(fields[l].reason or ("" if np.isfinite(fields[l].size_px) else
+                                             f"non-square field {fields[l].size}") for l in order)
+        used_position = self.unit_position if not vit else "patch centre"
+        if not vit and self.unit_position == "receptive_field" and not all(fields[l].defined for l in order):
+            used_position = "receptive_field where derived, else grid"
+        conventions = {
+            "objective": self.objective, "input_gradient": self.input_gradient, "unit_position": used_position,
+            "centre_unit": "(h // 2, w // 2) of the feature map; (gh // 2, gw // 2) of the patch grid for ViTs",
+            "pixel_centres": "(y + 0.5, x + 0.5)",
+            "averaging": "gradient maps averaged over images, then scalars from the mean map",
+            "radius": "each pixel's mass spread evenly over radii d - 0.5 to d + 0.5",
+            "depth_fraction": f"depth / ({n_depth} - 1)",
+        }
+        model = self.model
+        return ReceptiveField(
+            model=name or model_source(model).get("name", type(model).__name__), kind="vit" if vit else "cnn",
+            layers=tuple(order), depth=depth.astype(np.int64), depth_fraction=depth_fraction.astype(np.float64),
+            spread_px=spread, r50_px=r50, r90_px=r90, spread_std_px=std, uniform_spread_px=uniform,
+            theoretical_px=theo, theoretical_reason=reasons,
+            centre_px=np.array([lay.centre_px for lay in setup], dtype=np.float64).reshape(L, 2),
+            centre_index=np.array([lay.centre_index for lay in setup], dtype=np.int64).reshape(L, 2),
+            feature_size=np.array([lay.feature_size for lay in setup], dtype=np.int64).reshape(L, 2),
+            maps=maps, n_images=n, input_size=self.input_size, conventions=conventions)
+
+
+def stream_receptive_field(accumulator: ReceptiveFieldAccumulator, images, *, batch_size: int = 32,
+                           indices: Sequence[int] | None = None, workers: int = 0) -> Iterator[list[int]]:
+    """Add ``images`` (all, or ``indices`` of them) to ``accumulator`` a batch at a time.
+
+    A generator: it yields each batch's image indices once their maps are added, so a caller can
+    show progress, stop between batches, or record what is done.
+
+    Args:
+        images: a float tensor ``[image, 3, height, width]`` or an ImageSet-like object (its
+            ``batches(batch_size)`` yields ``(inputs, indices)``); unreadable files are skipped
+            and recorded by the image set.
+        indices: the images to add (default: all).
+        workers: image-decoding worker processes for an ImageSet.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for x, idx in _batches(images, batch_size, indices, workers):
+        accumulator.update(x)
+        yield idx
+
+
 def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str] | None = None,
                               batch_size: int = 32, device: str | torch.device | None = None,
                               progress: bool = True, objective: Objective = "sum",
@@ -566,7 +836,8 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
     then for each layer one ``torch.autograd.grad`` of the batch-summed objective with respect to
     the input, retaining the graph between layers. Images do not interact in eval mode, so the
     input gradient of the summed objective is every image's own gradient. The per-pixel maps are
-    accumulated as float64 sums ``[layer, height, width]``; memory does not grow with the image count.
+    accumulated as float64 sums ``[layer, height, width]`` (a :class:`ReceptiveFieldAccumulator`);
+    memory does not grow with the image count.
 
     Args:
         model: a timm CNN (ResNet, ConvNeXt, any with ``feature_info``; models whose
@@ -594,150 +865,20 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
         UnsupportedModelError: the layers cannot be found or do not return feature maps or tokens.
         ImageError: no image of an ImageSet could be read.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if input_gradient not in INPUT_GRADIENTS:
-        raise ValueError(f"input_gradient must be one of {INPUT_GRADIENTS}, got {input_gradient!r}")
-    if unit_position not in UNIT_POSITIONS:
-        raise ValueError(f"unit_position must be one of {UNIT_POSITIONS}, got {unit_position!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    training = [n or "the model" for n, m in model.named_modules() if m.training]
-    if training:
-        raise VitlensError(
-            f"{type(model).__name__} is in training mode ({training[0]}{' and others' if len(training) > 1 else ''}); "
-            "batch norm and dropout would make each image's gradient depend on the batch and on chance. "
-            "Call model.eval() first (vitlens does not switch it for you).")
-    from .models import model_source
-
-    mods = dict(model.named_modules())
-    vit = _is_vit(model)
-    try:
-        defaults = default_layers(model)
-    except UnsupportedModelError:
-        if layers is None:
-            raise
-        defaults = []
-    layers = list(defaults if layers is None else layers)
-    if not layers:
-        raise ValueError("layers is empty")
-    unknown = [l for l in layers if l not in mods]
-    if unknown:
-        close = [n for n in mods if n and any(n.endswith(u.split(".")[-1]) for u in unknown)][:5]
-        raise UnsupportedModelError(f"{type(model).__name__} has no module named {', '.join(unknown)}"
-                                    + (f" (similar: {', '.join(close)})" if close else "") + ".")
-    if len(set(layers)) != len(layers):
-        raise ValueError("layers holds a name twice")
-    fields = theoretical_receptive_field(model, layers)
-
-    params = next(iter(model.parameters()), None)
-    dtype = params.dtype if params is not None and params.is_floating_point() else torch.float32
-    if device is None:
-        device = params.device if params is not None else torch.device("cpu")
-    device = torch.device(device)
+    acc = ReceptiveFieldAccumulator(model, layers, device=device, objective=objective,
+                                    input_gradient=input_gradient, unit_position=unit_position)
     total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc="receptive field", unit="img", disable=not progress, leave=False)
 
-    setup: list[_Layer] | None = None
-    order: list[str] = []
-    input_size: tuple[int, int] | None = None
-    sums: torch.Tensor | None = None  # [layer, height, width] float64
-    s1 = s2 = cnt = None  # per-image spread sums, [layer]
-    n = 0
-    channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC" and not vit
-    with torch.enable_grad(), _Outputs(model, layers, channels_last) as cap:
-        for xb in _batches(images, batch_size):
-            x = xb.to(device=device, dtype=dtype).detach().requires_grad_(True)
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            if input_size is None:
-                input_size = size
-            elif size != input_size:
-                raise ValueError(f"all images must have one size; got {size} after {input_size}")
-            outs = cap.run(x)
-            if setup is None:
-                order = list(cap.order)
-                layout = token_layout(model, input_size) if vit else None
-                setup = [_setup_layer(l, outs[l], input_size, layout, fields[l], unit_position) for l in order]
-                L = len(setup)
-                sums = torch.zeros(L, *input_size, dtype=torch.float64)
-                s1, s2 = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
-                cnt = torch.zeros(L, dtype=torch.float64)
-            for li, lay in enumerate(setup):
-                out = outs[lay.name]
-                if lay.token is not None:
-                    unit = out[:, lay.token, :]  # [batch, channel]
-                else:
-                    if tuple(out.shape[2:]) != lay.feature_size:
-                        raise ValueError(f"{lay.name}: feature size changed between batches")
-                    unit = out[:, :, lay.centre_index[0], lay.centre_index[1]]  # [batch, channel]
-                obj = (unit.relu() if objective == "relu_sum" else unit).sum()
-                last = li == len(setup) - 1
-                if obj.requires_grad:
-                    (g,) = torch.autograd.grad(obj, x, retain_graph=not last, allow_unused=True)
-                else:
-                    g = None
-                if g is None:
-                    g = torch.zeros_like(x)
-                g = g.abs() if input_gradient == "abs" else g.relu()
-                g = g.sum(1).detach().to("cpu", torch.float64)  # [batch, height, width]
-                sums[li] += g.sum(0)
-                mass = g.sum((1, 2))
-                ok = mass > 0
-                per_image = (g * lay.distances).sum((1, 2))[ok] / mass[ok]
-                s1[li] += per_image.sum()
-                s2[li] += (per_image ** 2).sum()
-                cnt[li] += ok.sum()
-            del outs, x
-            n += int(xb.shape[0])
-            bar.update(int(xb.shape[0]))
-    bar.close()
+    with tqdm(total=total, desc="receptive field", unit="img", disable=not progress, leave=False) as bar:
+        for idx in stream_receptive_field(acc, images, batch_size=batch_size):
+            bar.update(len(idx))
+    n = int(acc.n_images[0])
     if isinstance(images, torch.Tensor):
         if n == 0:
             raise ValueError("images is empty")
     else:
         images.check_used(n)
-    assert setup is not None and sums is not None and input_size is not None
-
-    L = len(setup)
-    maps = (sums / n).numpy()
-    spread, r50, r90 = np.empty(L), np.empty(L), np.empty(L)
-    for li, lay in enumerate(setup):
-        spread[li], (r50[li], r90[li]) = spread_and_radii(maps[li], lay.centre_px, (0.5, 0.9))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = cnt.numpy()
-        mean = s1.numpy() / c
-        std = np.sqrt(np.maximum(s2.numpy() / c - mean ** 2, 0.0))
-    uniform = np.array([lay.distances.mean().item() for lay in setup])
-
-    if all(l in defaults for l in order):
-        depth = np.array([defaults.index(l) for l in order])
-        n_depth = len(defaults)
-    else:
-        depth = np.arange(L)
-        n_depth = L
-    depth_fraction = depth / (n_depth - 1) if n_depth > 1 else np.zeros(L)
-
-    theo = np.array([fields[l].size_px if not vit else math.nan for l in order])
-    reasons = tuple(fields[l].reason or ("" if np.isfinite(fields[l].size_px) else
-                                         f"non-square field {fields[l].size}") for l in order)
-    used_position = unit_position if not vit else "patch centre"
-    if not vit and unit_position == "receptive_field" and not all(fields[l].defined for l in order):
-        used_position = "receptive_field where derived, else grid"
-    conventions = {
-        "objective": objective, "input_gradient": input_gradient, "unit_position": used_position,
-        "centre_unit": "(h // 2, w // 2) of the feature map; (gh // 2, gw // 2) of the patch grid for ViTs",
-        "pixel_centres": "(y + 0.5, x + 0.5)",
-        "averaging": "gradient maps averaged over images, then scalars from the mean map",
-        "radius": "each pixel's mass spread evenly over radii d - 0.5 to d + 0.5",
-        "depth_fraction": f"depth / ({n_depth} - 1)",
-    }
-    return ReceptiveField(
-        model=name or model_source(model).get("name", type(model).__name__), kind="vit" if vit else "cnn",
-        layers=tuple(order), depth=depth.astype(np.int64), depth_fraction=depth_fraction.astype(np.float64),
-        spread_px=spread, r50_px=r50, r90_px=r90, spread_std_px=std, uniform_spread_px=uniform,
-        theoretical_px=theo, theoretical_reason=reasons,
-        centre_px=np.array([lay.centre_px for lay in setup], dtype=np.float64).reshape(L, 2),
-        centre_index=np.array([lay.centre_index for lay in setup], dtype=np.int64).reshape(L, 2),
-        feature_size=np.array([lay.feature_size for lay in setup], dtype=np.int64).reshape(L, 2),
-        maps=maps, n_images=n, input_size=input_size, conventions=conventions)
+    return acc.result(name)

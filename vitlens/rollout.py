@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -257,6 +257,13 @@ class RolloutMaps:
         kwargs.setdefault("title", self.names[index])
         return plot_overlay(self.maps[index], image, layout=self.layout, ax=ax, **kwargs)
 
+    def take(self, order: Sequence[int]) -> "RolloutMaps":
+        """The images at positions ``order`` (in that order), same settings."""
+        o = np.asarray(order, dtype=np.int64)
+        return replace(self, maps=self.maps[o], names=tuple(self.names[i] for i in o),
+                       predicted=None if self.predicted is None else self.predicted[o],
+                       target=None if self.target is None else self.target[o])
+
     @classmethod
     def concat(cls, parts: Sequence["RolloutMaps"]) -> "RolloutMaps":
         """Join results of the same model and settings along the image axis."""
@@ -390,23 +397,27 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
             None if target is None else target.detach().cpu().numpy())
 
 
-def _batches(images, model, batch_size: int, num_workers: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+def _batches(images, model, batch_size: int, num_workers: int,
+             indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """``(inputs [batch, 3, height, width], image keys)`` over all images or only ``indices``."""
     from .data.images import ImageSet
 
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4:
             raise RolloutSettingsError(f"images must be [batch, 3, height, width], got {tuple(images.shape)}.")
+        idx = list(range(x.shape[0])) if indices is None else list(indices)
 
         def chunks():
-            for i in range(0, x.shape[0], batch_size):
-                yield x[i:i + batch_size], [str(j) for j in range(i, min(i + batch_size, x.shape[0]))]
+            for i in range(0, len(idx), batch_size):
+                chunk = idx[i:i + batch_size]
+                yield (x[i:i + batch_size] if indices is None else x[chunk]), [str(j) for j in chunk]
         return chunks()
     imageset = images if isinstance(images, ImageSet) else ImageSet.for_model(model, images)
     keys = image_keys(imageset.paths)
 
     def from_files():
-        for xb, idx in imageset.batches(batch_size, num_workers=num_workers):
+        for xb, idx in imageset.batches(batch_size, num_workers=num_workers, indices=indices):
             yield xb, [keys[i] for i in idx]
     return from_files()
 
@@ -415,9 +426,12 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
                  discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                  end_layer: int | None = None, target_class=None, readout: str = "auto",
                  batch_size: int = 32, num_workers: int = 0, model_name: str = "",
-                 ) -> Iterator[tuple[torch.Tensor, RolloutMaps]]:
+                 indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, RolloutMaps]]:
     """Like :func:`attention_rollout`, one batch at a time: yields ``(images, RolloutMaps)`` per
-    batch, the images being the preprocessed model inputs ``[batch, 3, height, width]``."""
+    batch, the images being the preprocessed model inputs ``[batch, 3, height, width]``.
+
+    ``indices`` restricts the run to those images (positions in the tensor or the image set's
+    files), in the order given; a per-image ``target_class`` is then indexed by them too."""
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
     if batch_size < 1:
         raise RolloutSettingsError(f"batch size must be at least 1, got {batch_size}.")
@@ -428,11 +442,13 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
                       "deterministic maps", stacklevel=2)
     if target_class is not None and not isinstance(target_class, (int, np.integer)):
         target_class = np.asarray(target_class)
+        if indices is not None:
+            target_class = target_class[np.asarray(list(indices), dtype=np.int64)]
     if method == "grad-rollout" and not getattr(model, "num_classes", 1):
         warnings.warn(f"{type(model).__name__} has no classifier (num_classes=0): gradient rollout "
                       "explains a unit of its pooled features instead of a class", stacklevel=2)
     device = next(model.parameters()).device
-    chunks = _batches(images, model, batch_size, num_workers)
+    chunks = _batches(images, model, batch_size, num_workers, indices)
     offset = 0
     layout = None
     for x, names in chunks:

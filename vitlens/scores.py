@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -168,6 +168,12 @@ class DeletionCurve:
         from .plotting.rollout import plot_deletion
 
         return plot_deletion(self, ax=ax, **kwargs)
+
+    def take(self, order: Sequence[int]) -> "DeletionCurve":
+        """The curves of the images at positions ``order`` (in that order)."""
+        o = np.asarray(order, dtype=np.int64)
+        return replace(self, confidence=self.confidence[o], auc=self.auc[o], target=self.target[o],
+                       names=tuple(self.names[i] for i in o))
 
     @classmethod
     def concat(cls, parts: Sequence["DeletionCurve"]) -> "DeletionCurve":

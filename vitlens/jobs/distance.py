@@ -85,7 +85,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
                     bar.close()
                     mine = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
                     meta["models"][str(mi)] = mine
-                    saved.update({f"m{mi}/{k}": v for k, v in acc.state().items()})
+                    saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
                     save_partial(ppath, saved, meta)
                     raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} "
                                       f"images of {name}; partial sums saved in {ppath}. Run the same command "
@@ -93,7 +93,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
             bar.close()
             done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
             meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
-            saved.update({f"m{mi}/{k}": v for k, v in acc.state().items()})
+            saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
             acc.load_state(ctx.all_reduce(acc.state(), ops={"min": "min", "max": "max"}))
             imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part}, key=lambda s: s.path)
             res = acc.result(model=name, layer_names=[n for n, _ in attention_modules(model)])

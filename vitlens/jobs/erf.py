@@ -9,11 +9,16 @@ from typing import Sequence
 import pandas as pd
 import torch.nn as nn
 
+from ..data.images import Skipped, model_transform
+from ..distributed import context
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
-from ..receptive_field import INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField, effective_receptive_field
+from ..receptive_field import (INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField,
+                               ReceptiveFieldAccumulator, stream_receptive_field)
+from ..resume import Interrupted, StopRequest, clear_partial, load_partial, partial_path, save_partial
 from .common import args_record, display_name, images_for, load_models, model_record
+from .common import progress as progress_bar
 
 __all__ = ["run_erf", "register", "PRODUCTS"]
 
@@ -48,56 +53,98 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
             num_images: int | None = None, sample: bool = False, seed: int = 0, workers: int = 0,
             input_size: int | Sequence[int] | None = None, layers: Sequence[str] | None = None,
             objective: str = "sum", input_gradient: str = "abs", unit_position: str = "receptive_field",
-            overwrite: bool = False, progress: bool = True,
+            overwrite: bool = False, resume: bool = False, progress: bool = True,
             args: argparse.Namespace | None = None) -> list[ReceptiveField]:
     """Measure the effective receptive field of every model over the same image files (each through
     its own preprocessing) and write ``receptive_field.csv``, ``receptive_field.png`` and ``run.json``
-    into ``out``. Models are loaded and measured one at a time."""
+    into ``out``. Models are loaded and measured one at a time.
+
+    Under ``torchrun`` each process reads a shard of the images, the gradient-map sums
+    ``[layer, height, width]`` and per-image spread sums are added over processes, and rank 0
+    writes the files. On SIGINT/SIGTERM the sums are saved between batches and
+    :class:`~vitlens.resume.Interrupted` is raised; ``resume=True`` continues from them.
+    """
     import matplotlib.pyplot as plt
 
     from ..plotting.receptive_field import receptive_field_figure
 
+    if batch_size < 1:
+        raise VitlensError(f"--batch-size must be at least 1, got {batch_size}.")
     size = _size(input_size)
+    ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
-    record = RunRecord("erf", arguments=args_record(args) if args else {}, seed=seed, models=[])
+    setup = {"models": [list(s) for s in specs], "images": [str(i) for i in images], "num_images": num_images,
+             "sample": sample, "seed": seed, "input_size": list(size) if size else None,
+             "layers": list(layers) if layers else None, "objective": objective,
+             "input_gradient": input_gradient, "unit_position": unit_position, "random_init": random_init,
+             "world": ctx.world}
+    ppath = partial_path(out, "erf", ctx.rank)
+    saved, meta = load_partial(ppath) if resume else ({}, {"setup": setup, "models": {}})
+    if meta["setup"] != setup:
+        raise VitlensError(f"--resume: the saved partial state in {ppath} is from another command "
+                           "(models, images, layers or conventions differ); run that command again or drop "
+                           "--resume.")
+    record = RunRecord("erf", arguments=args_record(args) if args else {}, seed=seed, processes=ctx.world,
+                       models=[])
     results = []
-    for spec in specs:
-        model = _load(spec, random_init, device, size)
-        imgs = images_for(model, ns, input_size=size)
-        name = display_name(model)
-        res = effective_receptive_field(model, _Loader(imgs, workers), layers=layers, batch_size=batch_size,
-                                        progress=progress, objective=objective, input_gradient=input_gradient,
-                                        unit_position=unit_position, name=name)
-        results.append(res)
-        record.data["models"].append({**model_record(model, res.input_size), **res.to_dict(),
-                                      "images": imgs.record(res.n_images),
-                                      "image_files": [str(p) for p in imgs.paths]})
-        print(_summary(res))
-        del model
-    save_csv(out / "receptive_field.csv", pd.concat([r.to_frame() for r in results], ignore_index=True))
-    fig = receptive_field_figure(results)
-    save_figure(fig, out / "receptive_field.png")
-    plt.close(fig)
-    record.save(out / "run.json")
-    print(f"wrote {out / 'receptive_field.csv'}, receptive_field.png and run.json")
+    with StopRequest() as stop:
+        for mi, spec in enumerate(specs):
+            model = _load(spec, random_init, ctx.device, size)
+            imgs = images_for(model, ns, input_size=size)
+            name = display_name(model)
+            acc = ReceptiveFieldAccumulator(model, layers, objective=objective, input_gradient=input_gradient,
+                                            unit_position=unit_position)
+            acc.prepare(model_transform(model, size)[1]["input_size"][-2:])
+            mine = meta["models"].get(str(mi), {"done": [], "skipped": []})
+            if str(mi) in meta["models"]:
+                acc.load_state({k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"m{mi}/")})
+                imgs.skipped = [Skipped(**d) for d in mine["skipped"]]
+            done = set(mine["done"]) | {imgs.paths.index(Path(s.path)) for s in imgs.skipped}
+            shard = ctx.shard(range(len(imgs)))
+            todo = [i for i in shard if i not in done]
+            bar = progress_bar(None, total=len(shard), desc=f"erf {name}", enabled=progress and ctx.is_main)
+            bar.update(len(shard) - len(todo))
+            for idx in stream_receptive_field(acc, imgs, batch_size=batch_size, indices=todo, workers=workers):
+                done.update(idx)
+                bar.update(len(idx))
+                if stop.requested:
+                    bar.close()
+                    done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
+                    meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
+                    saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
+                    save_partial(ppath, saved, meta)
+                    raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} "
+                                      f"images of {name}; partial sums saved in {ppath}. Run the same command "
+                                      "with --resume to continue.")
+            bar.close()
+            done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
+            meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
+            saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
+            acc.load_state(ctx.all_reduce(acc.state()))
+            imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part},
+                                  key=lambda s: imgs.paths.index(Path(s.path)))
+            n = int(acc.n_images[0])
+            imgs.check_used(n)
+            res = acc.result(name)
+            results.append(res)
+            record.data["models"].append({**model_record(model, res.input_size), **res.to_dict(),
+                                          "images": imgs.record(res.n_images),
+                                          "image_files": [str(p) for p in imgs.paths]})
+            if ctx.is_main:
+                print(_summary(res))
+            del model, acc
+    if ctx.is_main:
+        save_csv(out / "receptive_field.csv", pd.concat([r.to_frame() for r in results], ignore_index=True))
+        fig = receptive_field_figure(results)
+        save_figure(fig, out / "receptive_field.png")
+        plt.close(fig)
+        record.save(out / "run.json")
+        print(f"wrote {out / 'receptive_field.csv'}, receptive_field.png and run.json")
+    ctx.barrier()
+    clear_partial(out, "erf", ctx.rank)
+    ctx.close()
     return results
-
-
-class _Loader:
-    """An ImageSet seen through DataLoader workers (the same interface for the analysis)."""
-
-    def __init__(self, images, workers: int):
-        self.images, self.workers = images, workers
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int):
-        return self.images.batches(batch_size, num_workers=self.workers)
-
-    def check_used(self, n_used: int) -> None:
-        self.images.check_used(n_used)
 
 
 def _summary(r: ReceptiveField) -> str:
@@ -126,6 +173,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--unit-position", choices=UNIT_POSITIONS, default="receptive_field",
                    help="input position of the centre unit: centre of its theoretical field (default, "
                         "grid where unknown) or (i + 0.5) * stride")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the partial sums it saved in --out")
 
     def _run(args):
         from ..cli import model_specs
@@ -133,6 +182,6 @@ def register(subparsers, common) -> None:
                 batch_size=args.batch_size, num_images=args.num_images, sample=args.sample, seed=args.seed,
                 workers=args.workers, input_size=args.input_size, layers=args.layers, objective=args.objective,
                 input_gradient=args.input_gradient, unit_position=args.unit_position,
-                overwrite=args.overwrite, args=args)
+                overwrite=args.overwrite, resume=args.resume, args=args)
 
     p.set_defaults(func=_run)

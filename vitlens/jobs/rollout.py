@@ -9,11 +9,16 @@ Writes to ``--out``, for one model (several models: one sub-folder per model, na
 - ``contact_sheet.png``: the first ``sheet_max`` overlays on one figure;
 - ``deletion.csv`` and ``deletion.png`` when ``deletion_steps`` > 0;
 - ``run.json``: models, conventions, images used and skipped, timings.
+
+Under ``torchrun`` each process rolls out a shard of the images and draws their overlays; the
+maps, deletion curves and skipped files are gathered so that rank 0 writes the other files with
+every image, in the order a single process uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +27,10 @@ import numpy as np
 
 from ..capture import attention_modules
 from ..data.images import ImageSet
+from ..distributed import context
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
 from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
-                       iter_rollout)
+                       image_keys, iter_rollout)
 from ..scores import FILLS, DeletionCurve, deletion_curve
 from .common import args_record, display_name, load_models, model_record, progress
 
@@ -79,6 +85,9 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         The other arguments are those of :func:`vitlens.rollout.attention_rollout` and of the
         command line's image options.
 
+    Under ``torchrun`` each process takes a shard of the images; rank 0 writes the files that
+    cover all images (the record returned on every rank is the same).
+
     Returns:
         The run record (also written to ``out/run.json``).
     """
@@ -95,11 +104,13 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
     if input_size is not None and not isinstance(input_size, int):
         input_size = tuple(int(v) for v in input_size)
         input_size = input_size[0] if len(input_size) == 1 else input_size[-2:]
+    ctx = context(device)
     folders = _folders(specs)
     root = prepare_out_dir(out, ["run.json"] + [p for f in folders for p in _products(f, deletion_steps > 0)],
                            overwrite)
-    record = RunRecord("rollout", args=args or {}, models=[])
-    models = load_models(specs, random_init=random_init, device=device, seed=seed, **(model_kwargs or {}))
+    ctx.barrier()  # every process has checked the folder before any of them writes an overlay into it
+    record = RunRecord("rollout", args=args or {}, processes=ctx.world, models=[])
+    models = load_models(specs, random_init=random_init, device=ctx.device, seed=seed, **(model_kwargs or {}))
     for model in models:
         attention_modules(model)  # a CNN fails here, before any image is read
 
@@ -108,58 +119,95 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         dest = root / folder if folder else root
         imageset = ImageSet.for_model(model, images, input_size=input_size, num_images=num_images,
                                       sample=sample, seed=seed)
+        position = {k: i for i, k in enumerate(image_keys(imageset.paths))}
         cfg = timm.data.resolve_data_config({}, model=model)
         parts: list[RolloutMaps] = []
         curves: list[DeletionCurve] = []
-        sheet: list[np.ndarray] = []
-        with progress(None, total=len(imageset), desc=f"rollout {name}", enabled=show_progress) as bar:
+        sheet: list[tuple[int, np.ndarray]] = []  # (image index, [height, width, 3]) for the contact sheet
+        shard = ctx.shard(range(len(imageset)))
+        with progress(None, total=len(shard), desc=f"rollout {name}", enabled=show_progress and ctx.is_main) as bar:
             for x, part in iter_rollout(model, imageset, method=method, head_fusion=head_fusion,
                                         discard_ratio=discard_ratio, residual_weight=residual_weight,
                                         start_layer=start_layer, end_layer=end_layer, target_class=target_class,
                                         readout=readout, batch_size=batch_size, num_workers=workers,
-                                        model_name=name):
+                                        model_name=name, indices=shard):
                 shown = to_display(x, cfg["mean"], cfg["std"])  # [batch, height, width, 3]
                 for i, key in enumerate(part.names):
                     label = key if part.target is None or method == "rollout" else f"{key} (class {part.target[i]})"
                     ax = plot_overlay(part.maps[i], shown[i], layout=part.layout, title=label, scale=_SCALE)
                     save_figure(ax.figure, dest / "overlays" / f"{key}.png")
                     plt.close(ax.figure)
-                sheet.extend(shown[: max(0, sheet_max - len(sheet))])
+                room = max(0, sheet_max - len(sheet))
+                sheet.extend(zip([position[k] for k in part.names[:room]], shown[:room]))
                 if deletion_steps > 0:
                     curves.append(deletion_curve(model, x, part, layout=part.layout, target_class=part.target,
                                                  steps=deletion_steps, fill=deletion_fill, batch_size=batch_size))
                 parts.append(part)
                 bar.update(x.shape[0])
-        n_used = sum(len(p) for p in parts)
+        result, curve, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves, sheet,
+                                                               sheet_max)
+        n_used = 0 if result is None else len(result)
         imageset.check_used(n_used)
-        result = RolloutMaps.concat(parts)
-        save_npz(dest / "rollout.npz", {k: m.astype(np.float32) for k, m in zip(result.names, result.maps)})
-        fig = plot_contact_sheet(result, sheet, indices=range(len(sheet)), scale=_SCALE)
-        save_figure(fig, dest / "contact_sheet.png")
-        plt.close(fig)
         entry = {"model": model_record(model, result.layout.input_size), "display_name": name,
                  "folder": folder or ".", "input_size": list(result.layout.input_size),
                  "grid_size": list(result.layout.grid_size), "conventions": result.settings(),
                  "npz_keys": "file name; path relative to the deepest common folder where file names repeat",
                  "overlay_colour_scale": f"{_SCALE}: each map from its own minimum to its own maximum",
-                 "images": imageset.record(n_used), "contact_sheet_images": len(sheet),
+                 "images": imageset.record(n_used), "contact_sheet_images": len(shown_sheet),
                  "predicted": None if result.predicted is None else dict(zip(result.names, result.predicted.tolist())),
                  "target": None if result.target is None else dict(zip(result.names, result.target.tolist()))}
-        if curves:
-            curve = DeletionCurve.concat(curves)
-            save_csv(dest / "deletion.csv", curve.to_frame())
-            fig, ax = plt.subplots(figsize=(4.5, 3.4))
-            curve.plot(ax=ax)
-            save_figure(fig, dest / "deletion.png")
+        if ctx.is_main:
+            save_npz(dest / "rollout.npz", {k: m.astype(np.float32) for k, m in zip(result.names, result.maps)})
+            fig = plot_contact_sheet(result, shown_sheet, indices=range(len(shown_sheet)), scale=_SCALE)
+            save_figure(fig, dest / "contact_sheet.png")
             plt.close(fig)
+        if curve is not None:
+            if ctx.is_main:
+                save_csv(dest / "deletion.csv", curve.to_frame())
+                fig, ax = plt.subplots(figsize=(4.5, 3.4))
+                curve.plot(ax=ax)
+                save_figure(fig, dest / "deletion.png")
+                plt.close(fig)
             entry["deletion"] = {"steps": len(curve.fractions) - 1, "fill": curve.fill,
                                  "confidence": "softmax probability of the target class",
                                  "auc_rule": "trapezoid over the removed fraction in [0, 1]",
                                  "mean_auc": float(curve.auc.mean()),
                                  "auc": dict(zip(curve.names, curve.auc.tolist()))}
         record.data["models"].append(entry)
-    record.save(root / "run.json")
+    if ctx.is_main:
+        record.save(root / "run.json")
+    ctx.barrier()
+    ctx.close()
     return record.data
+
+
+def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[RolloutMaps],
+            curves: list[DeletionCurve], sheet: list[tuple[int, np.ndarray]], sheet_max: int):
+    """Every process's maps, deletion curves and skipped files, joined in the image order of a
+    single run, and the first ``sheet_max`` displayed images of the whole set.
+
+    Returns ``(RolloutMaps or None, DeletionCurve or None, skipped files, [height, width, 3] images)``.
+    Each process keeps the first ``sheet_max`` displayed images of its own share; only those that
+    are among the first ``sheet_max`` of the whole set travel.
+    """
+    mine = (RolloutMaps.concat(parts) if parts else None, DeletionCurve.concat(curves) if curves else None,
+            list(imageset.skipped), [i for i, _ in sheet])
+    pieces = ctx.gather(mine)
+
+    def in_order(items):
+        items = [p for p in items if p is not None]
+        if not items:
+            return None
+        joined = type(items[0]).concat(items)
+        return joined.take(np.argsort([position[k] for k in joined.names], kind="stable"))
+
+    result, curve = in_order([p[0] for p in pieces]), in_order([p[1] for p in pieces])
+    file_index = {str(p): i for i, p in enumerate(imageset.paths)}
+    skipped = sorted((s for p in pieces for s in p[2]), key=lambda s: file_index.get(s.path, len(file_index)))
+    chosen = set(sorted(i for p in pieces for i in p[3])[:sheet_max])
+    shown = sorted((pair for part in ctx.gather([(i, a) for i, a in sheet if i in chosen]) for pair in part),
+                   key=lambda pair: pair[0])
+    return result, curve, skipped, [a for _, a in shown]
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -173,6 +221,8 @@ def _cmd(args: argparse.Namespace) -> int:
                       workers=args.workers, input_size=args.input_size, overwrite=args.overwrite,
                       deletion_steps=args.deletion_steps,
                       deletion_fill=args.deletion_fill, sheet_max=args.sheet_max, args=args_record(args))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     for m in rec["models"]:
         used = m["images"]
         extra = f", mean deletion AUC {m['deletion']['mean_auc']:.3f}" if "deletion" in m else ""
