@@ -112,7 +112,7 @@ def test_report_on_given_models_and_images_without_masks(tmp_path, capsys):
                "--images", str(imgs), "--out", str(out)])
     assert rc == 0
     page = (out / "index.html").read_text()
-    assert "no object masks" in page
+    assert "No object masks for vitlens/vit-tiny-shapes" in page
     assert "Less training data" not in page and not (out / "shapes").exists()
     assert not (out / "figures" / "rollout_mask_share.png").exists()
     rec = json.loads((out / "run.json").read_text())

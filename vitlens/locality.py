@@ -9,9 +9,9 @@ grow slowly. :func:`locality` puts both on one tidy table, from results already 
 - the effective receptive field (:mod:`vitlens.receptive_field`) of a ViT's blocks or a CNN's
   stages: spread, r50 and r90 in pixels.
 
-Relative depth is ``layer / (n - 1)`` for the ``n`` attention layers of a ViT (the same value as
-the block that holds the attention in its ERF), and the ERF's own ``depth_fraction`` otherwise
-(0 = first measured stage of the model, 1 = last). Distances are in input pixels of each model's
+Relative depth is ``i / (n - 1)`` for an attention layer in block ``i`` of ``n`` blocks (the same
+value as that block's ERF; see :func:`attention_depth`), and the ERF's own ``depth_fraction``
+otherwise (0 = first measured stage of the model, 1 = last). Distances are in input pixels of each model's
 own input; ``input_px`` (the input side) lets a reader compare models of different input sizes.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 from .distance import AttentionDistance
 from .receptive_field import ReceptiveField
 
-__all__ = ["Locality", "locality", "METRICS", "COLUMNS"]
+__all__ = ["Locality", "locality", "attention_depth", "METRICS", "COLUMNS"]
 
 METRICS = {
     "attention_distance": "mean attention distance of one head (ViT)",
@@ -36,6 +36,21 @@ METRICS = {
 }
 COLUMNS = ["model", "kind", "metric", "layer", "depth", "depth_fraction", "head", "value_px", "input_px",
            "n_images"]
+
+
+def attention_depth(d: AttentionDistance) -> tuple[np.ndarray, np.ndarray]:
+    """Depth and relative depth of each attention layer: the index ``i`` of the ``blocks.i`` that holds
+    it (so two attentions of one parallel block share a depth, and each sits where its block's ERF
+    does), over ``n - 1`` for ``n`` blocks; the layer's order where names do not say."""
+    import re
+
+    L = d.distance.shape[0]
+    found = [re.match(r"(?:.*\.)?blocks\.(\d+)\.", n + ".") for n in d.layer_names]
+    if len(found) == L and all(found):
+        depth = np.array([int(m.group(1)) for m in found])
+    else:
+        depth = np.arange(L)
+    return depth, depth / max(int(depth.max(initial=0)), 1)
 
 
 def _side(size: Sequence[int]) -> float:
@@ -73,11 +88,11 @@ class Locality:
         rows = []
         for d in self.distances:
             L, H = d.distance.shape
-            frac = np.arange(L) / max(L - 1, 1)
+            depth, frac = attention_depth(d)
             names = list(d.layer_names) or [str(i) for i in range(L)]
             side = _side(d.layout.input_size)
             for layer in range(L):
-                base = {"model": d.model, "kind": "vit", "layer": names[layer], "depth": layer,
+                base = {"model": d.model, "kind": "vit", "layer": names[layer], "depth": int(depth[layer]),
                         "depth_fraction": float(frac[layer]), "input_px": side, "n_images": d.n_images}
                 for h in range(H):
                     rows.append({**base, "metric": "attention_distance", "head": h,
@@ -99,7 +114,8 @@ class Locality:
         in pixels, and the input side; the key numbers a reader compares."""
         out: dict[str, dict[str, float]] = {}
         for d in self.distances:
-            m = np.nanmean(d.distance, axis=1)
+            with np.errstate(all="ignore"):
+                m = np.nanmean(d.distance, axis=1)
             out.setdefault(d.model, {}).update({
                 "kind": "vit", "input_px": _side(d.layout.input_size),
                 "attention_first_px": float(m[0]), "attention_last_px": float(m[-1]),

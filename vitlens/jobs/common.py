@@ -15,7 +15,8 @@ from ..layout import token_layout
 from ..models import load_model, model_source
 from ..errors import UnsupportedModelError
 
-__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record", "WorkerImages"]
+__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record", "WorkerImages",
+           "distinct_names"]
 
 
 def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
@@ -45,7 +46,10 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit:
 
 
 def display_name(model: nn.Module) -> str:
-    """The name a user gave for ``model`` (with its checkpoint's file name when there is one)."""
+    """The name a user gave for ``model`` (with its checkpoint's file name when there is one), or
+    the distinct name :func:`distinct_names` gave it."""
+    if getattr(model, "vitlens_display_name", None):
+        return model.vitlens_display_name
     src = model_source(model)
     name = src.get("name", type(model).__name__)
     w = str(src.get("weights", ""))
@@ -88,3 +92,28 @@ class WorkerImages:
 
     def check_used(self, n_used: int) -> None:
         self.images.check_used(n_used)
+
+
+def distinct_names(models: Sequence[nn.Module]) -> list[str]:
+    """Give models that would share a display name distinct ones (a checkpoint's parent folder, then
+    a number), so that tables, colours and files keep them apart; returns every model's name."""
+    from pathlib import Path
+
+    names = [display_name(m) for m in models]
+    shared = {n for n in names if names.count(n) > 1}
+    for i, m in enumerate(models):
+        if names[i] in shared:
+            w = str(model_source(m).get("weights", ""))
+            if w.startswith("checkpoint:"):
+                p = Path(w.split(":", 1)[1])
+                names[i] = f"{model_source(m).get('name', type(m).__name__)} ({p.parent.name}/{p.name})"
+    seen: dict[str, int] = {}
+    shared = {n for n in names if names.count(n) > 1}
+    for i, n in enumerate(list(names)):
+        if n in shared:
+            seen[n] = seen.get(n, 0) + 1
+            names[i] = f"{n} #{seen[n]}"
+    for m, n in zip(models, names):
+        if n != display_name(m):
+            m.vitlens_display_name = n
+    return names

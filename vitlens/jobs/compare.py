@@ -15,7 +15,8 @@ from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
 from ..locality import Locality, locality
 from ..receptive_field import _is_vit, default_layers, effective_receptive_field
-from .common import WorkerImages, args_record, display_name, images_for, load_models, model_record
+from .common import (WorkerImages, args_record, display_name, distinct_names, images_for, load_models,
+                     model_record)
 
 __all__ = ["run_compare", "measure_locality", "register", "add_model_arguments", "model_pairs", "PRODUCTS"]
 
@@ -100,6 +101,7 @@ def run_compare(vit_specs: Sequence[Spec], cnn_specs: Sequence[Spec], images: Se
         _check_vit(m)
     for m in cnns:
         _check_cnn(m)
+    distinct_names(vits + cnns)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
     record = RunRecord("compare", arguments=args_record(args) if args else {}, seed=seed, models=[])
     res = measure_locality(vits, cnns, ns, batch_size=batch_size, precision=precision, workers=workers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..locality import attention_depth
 from . import MODEL_COLORS, new_axes
 
 __all__ = ["plot_locality"]
@@ -29,11 +30,12 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     for d in result.distances:
         c = colors[d.model]
         L, H = d.distance.shape
-        x = np.arange(L) / max(L - 1, 1)
+        _, x = attention_depth(d)
         side = d.layout.input_size
         if heads:
             ax.scatter(np.repeat(x, H), d.distance.ravel(), s=12, color=c, alpha=0.45, edgecolors="none")
-        ax.plot(x, np.nanmean(d.distance, axis=1), color=c, lw=1.8, marker="o", ms=4,
+        ux = np.unique(x)  # one point per block (parallel blocks hold several attention layers)
+        ax.plot(ux, [np.nanmean(d.distance[x == v]) for v in ux], color=c, lw=1.8, marker="o", ms=4,
                 label=f"{d.model}: attention distance ({'heads, ' if heads else ''}mean; {side[0]} px input)")
         top = max(top, float(np.nanmax(d.distance, initial=0.0)), d.uniform)
         if reference:

@@ -1,0 +1,190 @@
+"""The report's sections: each figure's two-line reading and its key numbers, worded from the results.
+
+Line one of a reading says what the figure shows; line two says what these numbers show, with
+every word that states a direction ("falls", "grows", "fewer") chosen from the numbers themselves.
+Layers and heads are counted from 1 in the text; the CSV files count from 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..distance import AttentionDistance
+from ..report_page import Figure, Section
+
+__all__ = ["distance_section", "posembed_section", "rollout_section", "locality_section", "data_section",
+           "local_heads", "WEAK_CORRELATION"]
+
+WEAK_CORRELATION = 0.1  # |r| below this: similarity "hardly changes" with distance
+
+
+def _px(v: float) -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:.1f} px"
+
+
+def distance_section(ds: Sequence[AttentionDistance]) -> Section:
+    lines, numbers = [], []
+    for d in ds:
+        with np.errstate(all="ignore"):
+            m = np.nanmean(d.distance, axis=1)
+        if not np.isfinite(d.distance).any():
+            lines.append(f"{d.model}: no finite attention distance (every map held NaN or Inf).")
+            continue
+        li, hi = np.unravel_index(np.nanargmin(d.distance), d.distance.shape)
+        low = d.distance[li, hi]
+        lines.append(f"{d.model}: heads average {_px(m[0])} in layer 1 and {_px(m[-1])} in layer {d.num_layers}, "
+                     f"against {d.uniform:.1f} px for attention spread evenly; its most local head (layer {li + 1}, "
+                     f"head {hi + 1}) looks {low:.1f} px ({low / d.uniform:.0%} of even).")
+        numbers += [(f"{d.model}: head mean in layer 1 / layer {d.num_layers}", f"{m[0]:.2f} / {m[-1]:.2f} px"),
+                    (f"{d.model}: most local head", f"{low:.2f} px (layer {li + 1}, head {hi + 1})")]
+        if int(d.n_nonfinite.sum()):
+            numbers.append((f"{d.model}: head-images left out (NaN or Inf attention)", str(int(d.n_nonfinite.sum()))))
+    numbers.append(("uniform attention over all patches", ", ".join(sorted({f"{d.uniform:.2f} px" for d in ds}))))
+    return Section(
+        "Mean attention distance by depth",
+        figures=[Figure("figures/attention_distance.png",
+                        "Mean attention distance of every head against depth (left) and each model's heads "
+                        "sorted in its lowest and highest layers (right).")],
+        reading=["How far each head looks, in input pixels, averaged over queries and images (ViT paper "
+                 "Fig. 7 right): low dots are local heads, dots near the dashed line attend everywhere.",
+                 " ".join(lines)],
+        numbers=numbers, files=[("attention_distance.csv", "data/attention_distance.csv")],
+        anchor="attention-distance")
+
+
+def _trend(r: float) -> str:
+    if not math.isfinite(r):
+        return "cannot be related to distance (constant similarity or a one-patch grid)"
+    if abs(r) < WEAK_CORRELATION:
+        return f"hardly changes with distance (r = {r:+.2f} between cosine similarity and patch distance)"
+    return f"{'falls' if r < 0 else 'rises'} with distance (r = {r:+.2f} between cosine similarity and patch distance)"
+
+
+def posembed_section(results, skipped: Sequence[str]) -> Section:
+    if not results:
+        return Section("Position-embedding similarity", note="No ViT here has an absolute position-embedding "
+                       "table: " + "; ".join(skipped), anchor="position-embeddings")
+    lines, numbers, notes = [], [], []
+    for r in results:
+        corr, rc = r.distance_correlation, r.row_column_score
+        row = ("cannot be compared by row and column" if not math.isfinite(rc) else
+               f"patches in the same row or column have a mean similarity {abs(rc):.2f} "
+               f"{'above' if rc >= 0 else 'below'} that of other patches")
+        lines.append(f"{r.model_name}: similarity {_trend(corr)}, and {row}.")
+        numbers += [(f"{r.model_name}: correlation of similarity with distance", f"{corr:+.3f}"),
+                    (f"{r.model_name}: same row/column minus other patches", f"{rc:+.3f}")]
+        notes += [f"{r.model_name}: {n}" for n in r.notes]
+    notes += [f"not shown: {s}" for s in skipped]
+    return Section(
+        "Position-embedding similarity",
+        figures=[Figure("figures/position_embeddings.png",
+                        "Each tile: cosine similarity of one patch's position embedding with every patch's.")],
+        reading=["Each tile is one patch; its colours show how similar that patch's position embedding is to "
+                 "every other patch's (ViT paper Fig. 7 centre).", " ".join(lines)],
+        numbers=numbers, files=[("position_embeddings.json", "data/position_embeddings.json")],
+        note="; ".join(notes), anchor="position-embeddings")
+
+
+def rollout_section(scores: pd.DataFrame, sheet_model: str) -> Section:
+    """``scores``: one row per (model, image) with ``readout`` and, where masks were scored,
+    ``mask_share``, ``mask_area`` and ``pointing_hit``."""
+    lines, numbers, unscored = [], [], []
+    for name, g in scores.groupby("model", sort=False):
+        if "mask_share" in g and g.mask_share.notna().any():
+            share, chance, hit = g.mask_share.mean(), g.mask_area.mean(), g.pointing_hit.astype(float).mean()
+            lines.append(f"{name}: {share:.0%} of the rollout mass lies on the object, which covers {chance:.0%} "
+                         f"of the input (a map blind to the object would put {chance:.0%} there); the map's "
+                         f"peak is on the object in {hit:.0%} of images.")
+            numbers += [(f"{name}: mean mask share (chance)", f"{share:.3f} ({chance:.3f})"),
+                        (f"{name}: pointing game hits", f"{hit:.1%} of {len(g)} images")]
+        else:
+            unscored.append(name)
+        if "correct" in g and g.correct.notna().any():
+            acc = g.correct.dropna().astype(float).mean()
+            numbers.append((f"{name}: correct on these images", f"{acc:.1%} of {int(g.correct.notna().sum())}"))
+    if unscored:
+        lines.append(f"No object masks for {', '.join(unscored)} on these images, so only the maps are shown.")
+    readouts = set(scores.readout)
+    target = ("the class token" if readouts == {"cls"} else "the patch tokens (mean over patch queries: no class "
+              "token)" if readouts == {"patch_mean"} else "the class token, or the patch tokens for models without one")
+    figures = [Figure("figures/rollout.png", f"Attention rollout of {sheet_model} over the first images "
+                      "(each map scaled from its minimum to its maximum).")]
+    if "mask_share" in scores and scores.mask_share.notna().any():
+        figures.append(Figure("figures/rollout_mask_share.png",
+                              "Share of each image's rollout map on its object, against the object's area."))
+    return Section(
+        "Attention rollout",
+        figures=figures,
+        reading=[f"Attention flow from the input patches to {target} through all layers (Abnar & Zuidema "
+                 "2020), with half of each layer's weight on the residual path.", " ".join(lines)],
+        numbers=numbers, files=[("rollout_scores.csv", "data/rollout_scores.csv")], anchor="rollout")
+
+
+def locality_section(res) -> Section:
+    s = res.summary()
+    parts, numbers = [], []
+    for n, v in s.items():
+        a, e0, e1 = v.get("attention_first_px"), v["erf_first_px"], v["erf_last_px"]
+        grow = "grows" if e1 > e0 else "shrinks" if e1 < e0 else "stays"
+        if a is not None:
+            link = "but" if e0 < a else "and"
+            parts.append(f"{n}'s first-layer heads average {a:.1f} px of attention distance, {link} its first "
+                         f"block's gradient receptive field spreads {e0:.1f} px ({grow} to {e1:.1f} px by its last)")
+            numbers.append((f"{n}: attention distance, first / last layer",
+                            f"{a:.2f} / {v['attention_last_px']:.2f} px"))
+        else:
+            parts.append(f"{n}'s receptive field {grow} from {e0:.1f} px in its first stage to {e1:.1f} px in its last")
+        numbers.append((f"{n}: receptive-field spread, first / last layer",
+                        f"{e0:.2f} / {e1:.2f} px ({v['input_px']:.0f} px input)"))
+    return Section(
+        "ViT versus CNN locality",
+        figures=[Figure("figures/locality.png", "Attention distance of every ViT head (dots, mean line), the ViT's "
+                        "and the CNN's gradient receptive-field spread, against relative depth, in pixels."),
+                 Figure("figures/receptive_field.png", "Effective receptive field by depth, and its maps.")],
+        reading=["How far each layer looks, on one axis: ViT heads by attention distance, every model by the "
+                 "spread of its effective receptive field (Luo et al. 2016; Raghu et al. 2021).",
+                 "; ".join(parts) + "."],
+        numbers=numbers,
+        files=[("locality.csv", "data/locality.csv"), ("receptive_field.csv", "data/receptive_field.csv")],
+        anchor="locality")
+
+
+def local_heads(d: AttentionDistance, fraction: float) -> tuple[int, int, float]:
+    """Local heads in the lower half of the layers (distance below ``fraction`` times uniform
+    attention's): ``(count, heads there, their mean distance in px)``."""
+    low = d.distance[: max(1, d.num_layers // 2)]
+    with np.errstate(all="ignore"):
+        return int((low < fraction * d.uniform).sum()), int(low.size), float(np.nanmean(low))
+
+
+def data_section(full: AttentionDistance, less: AttentionDistance, fraction: float) -> Section:
+    nf, total, mf = local_heads(full, fraction)
+    nl, _, ml = local_heads(less, fraction)
+    half = max(1, full.num_layers // 2)
+    diff = f"{abs(ml - mf):.1f} px {'farther' if ml > mf else 'nearer'}"
+    if nf == 0 and nl == 0:
+        verdict = (f"Neither model has a local head in layers 1-{half} (none below {fraction:g} x uniform), so "
+                   "these models cannot show the loss of local heads Raghu et al. report; with a tenth of the "
+                   f"data the lower-layer heads look {diff} on average ({ml:.1f} against {mf:.1f} px).")
+    elif nl < nf:
+        verdict = (f"With a tenth of the data the ViT has {nl} local heads in layers 1-{half} against {nf} with all "
+                   f"of it, and its lower-layer heads look {diff} on average: fewer local heads with less data, "
+                   "the direction Raghu et al. found.")
+    else:
+        verdict = (f"With a tenth of the data the ViT has {nl} local heads in layers 1-{half} against {nf} with all "
+                   f"of it (its lower-layer heads look {diff} on average): here less data did not cost local heads.")
+    return Section(
+        "Less training data: local heads",
+        figures=[Figure("figures/less_data.png", "Attention distance by depth of the ViT trained on all the images "
+                        "and of the same ViT trained on a tenth of them, with the local-head line.")],
+        reading=["Raghu et al. (2021) found that ViTs trained on less data lose the local heads of their lower "
+                 "layers; here the same ViT is trained on all and on a tenth of the shapes images, for as many steps.",
+                 verdict],
+        numbers=[(f"{full.model}: local heads in layers 1-{half}", f"{nf} of {total} (mean {mf:.2f} px)"),
+                 (f"{less.model}: local heads in layers 1-{half}", f"{nl} of {total} (mean {ml:.2f} px)"),
+                 ("local-head threshold", f"{fraction:g} x uniform = {fraction * full.uniform:.2f} px")],
+        anchor="less-data")
