@@ -147,7 +147,8 @@ def capture_attention(
         layers: indices of the attention blocks to keep (negative counts from the end); all by default.
         callback: called as ``callback(layer_index, attn)`` with ``attn`` ``[batch, head, query, key]``
             for every captured layer of every forward pass; when given, nothing is stored, so memory
-            does not grow with the number of batches.
+            does not grow with the number of batches. It runs with autocast off, so its arithmetic
+            keeps the precision it asks for under a bf16/fp16 forward pass.
         detach: detach maps from the graph. Pass False to take gradients with respect to them
             (class-specific rollout).
 
@@ -173,7 +174,8 @@ def capture_attention(
             if detach:
                 attn = attn.detach()
             if callback is not None:
-                callback(layer, attn)
+                with torch.autocast(device_type=attn.device.type, enabled=False):  # reductions in float32
+                    callback(layer, attn)
             else:
                 cap._add(slot, attn)
 

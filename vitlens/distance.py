@@ -17,7 +17,6 @@ keeps only per-(layer, head) sums and a fixed-bin histogram, so memory does not 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -27,6 +26,7 @@ import torch.nn as nn
 
 from .capture import attention_modules, capture_attention
 from .layout import TokenLayout, token_layout
+from .precision import autocast
 
 __all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance", "mean_attention_distance",
            "DistanceAccumulator", "AttentionDistance", "attention_distance", "stream_distance",
@@ -262,15 +262,6 @@ class DistanceAccumulator:
                                  model=model, layer_names=tuple(layer_names))
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _batches(images, batch_size: int, indices=None, workers: int = 0):
     """Yield ``(inputs, image indices)`` from an ImageSet or a tensor ``[image, 3, height, width]``."""
     if isinstance(images, torch.Tensor):
@@ -292,7 +283,7 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
     device = next(model.parameters()).device
     with torch.no_grad(), capture_attention(model, callback=accumulator.update):
         for x, idx in _batches(images, batch_size, indices, workers):
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 model(x.to(device, non_blocking=True))
             yield idx
 

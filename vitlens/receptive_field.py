@@ -59,6 +59,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedModelError, VitlensError
 from .layout import TokenLayout, token_layout
+from .precision import autocast, check_precision
 
 __all__ = ["ReceptiveField", "TheoreticalField", "ReceptiveFieldAccumulator", "effective_receptive_field",
            "stream_receptive_field", "theoretical_receptive_field", "default_layers", "spread_and_radii",
@@ -592,7 +593,9 @@ class ReceptiveFieldAccumulator:
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, *,
                  device: str | torch.device | None = None, objective: Objective = "sum",
                  input_gradient: InputGradient = "abs", unit_position: UnitPosition = "receptive_field",
-                 input_size: Sequence[int] | None = None):
+                 input_size: Sequence[int] | None = None, precision: str = "fp32"):
+        check_precision(precision)
+        self.precision = precision
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if input_gradient not in INPUT_GRADIENTS:
@@ -680,7 +683,7 @@ class ReceptiveFieldAccumulator:
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if self.setup is not None and size != self.input_size:
             raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
-        with torch.enable_grad(), self._capture() as cap:
+        with torch.enable_grad(), autocast(self.device, self.precision), self._capture() as cap:
             outs = cap.run(x)
             if self.setup is None:
                 self._set_up(outs, list(cap.order), size)
@@ -692,6 +695,7 @@ class ReceptiveFieldAccumulator:
                     if tuple(out.shape[2:]) != lay.feature_size:
                         raise ValueError(f"{lay.name}: feature size changed between batches")
                     unit = out[:, :, lay.centre_index[0], lay.centre_index[1]]  # [batch, channel]
+                unit = unit.float()  # the objective is summed in float32 whatever the forward precision
                 obj = (unit.relu() if self.objective == "relu_sum" else unit).sum()
                 last = li == len(self.setup) - 1
                 g = None
@@ -829,7 +833,7 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
                               progress: bool = True, objective: Objective = "sum",
                               input_gradient: InputGradient = "abs",
                               unit_position: UnitPosition = "receptive_field",
-                              name: str | None = None) -> ReceptiveField:
+                              name: str | None = None, precision: str = "fp32") -> ReceptiveField:
     """Effective receptive field of ``layers`` of ``model`` over ``images``.
 
     For every batch: one forward pass with hooks on the layers (stopped after the last of them),
@@ -859,6 +863,9 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
             summed (``"relu"``, RepLKNet).
         unit_position: ``"receptive_field"`` or ``"grid"``; see the module docstring.
         name: the model's name in the result (default: its recorded name or class).
+        precision: forward and backward pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); the
+            objective is summed in float32 and the input gradients, taken with respect to a float32
+            input, are accumulated in float64.
 
     Raises:
         VitlensError: the model is in training mode.
@@ -868,7 +875,8 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     acc = ReceptiveFieldAccumulator(model, layers, device=device, objective=objective,
-                                    input_gradient=input_gradient, unit_position=unit_position)
+                                    input_gradient=input_gradient, unit_position=unit_position,
+                                    precision=precision)
     total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
     from tqdm.auto import tqdm
 

@@ -43,6 +43,7 @@ import torch.nn as nn
 from .capture import attention_modules, capture_attention
 from .errors import UnsupportedModelError, VitlensError
 from .layout import TokenLayout, token_layout
+from .precision import autocast, check_precision
 
 __all__ = [
     "RolloutMaps", "RolloutSettingsError", "attention_rollout", "iter_rollout",
@@ -360,18 +361,18 @@ def _check_output(out, name: str, method: str) -> torch.Tensor:
 
 def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: list[int], *, method: str,
                head_fusion: str, discard_ratio: float, residual_weight: float, readout: str,
-               target_class, offset: int):
+               target_class, offset: int, precision: str = "fp32"):
     n = x.shape[0]
     name = type(model).__name__
     if method == "rollout":
         state: dict[str, torch.Tensor | None] = {"joint": None}
 
         def fold(_layer: int, attn: torch.Tensor) -> None:
-            state["joint"] = rollout_step(state["joint"], attn, head_fusion=head_fusion,
+            state["joint"] = rollout_step(state["joint"], attn.float(), head_fusion=head_fusion,
                                           discard_ratio=discard_ratio, residual_weight=residual_weight,
                                           class_token_index=layout.class_token_index)
 
-        with torch.no_grad(), capture_attention(model, layers=layers, callback=fold):
+        with torch.no_grad(), capture_attention(model, layers=layers, callback=fold), autocast(x.device, precision):
             out = model(x)
         joint = state["joint"]
         if joint is None:
@@ -384,14 +385,15 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
     else:
         x = x.detach().requires_grad_(True)  # a graph even when every parameter is frozen
         with torch.enable_grad(), capture_attention(model, layers=layers, detach=False) as cap:
-            out = _check_output(model(x), name, method)
+            with autocast(x.device, precision):
+                out = _check_output(model(x), name, method).float()
             maps = cap.maps
             predicted = out.argmax(dim=-1)
             target = _targets(target_class, out, offset, n)
             score = out.gather(1, target[:, None]).sum()  # images are independent: one backward
             grads = torch.autograd.grad(score, maps, allow_unused=True)
         grads = [torch.zeros_like(m) if g is None else g for m, g in zip(maps, grads)]
-        joint = gradient_rollout([m.detach() for m in maps], grads)
+        joint = gradient_rollout([m.detach().float() for m in maps], [g.float() for g in grads])
     pm = patch_map(joint, layout, readout)  # float64, non-negative by construction
     return (pm.cpu().numpy(), None if predicted is None else predicted.cpu().numpy(),
             None if target is None else target.detach().cpu().numpy())
@@ -426,13 +428,15 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
                  discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                  end_layer: int | None = None, target_class=None, readout: str = "auto",
                  batch_size: int = 32, num_workers: int = 0, model_name: str = "",
-                 indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, RolloutMaps]]:
+                 indices: Sequence[int] | None = None,
+                 precision: str = "fp32") -> Iterator[tuple[torch.Tensor, RolloutMaps]]:
     """Like :func:`attention_rollout`, one batch at a time: yields ``(images, RolloutMaps)`` per
     batch, the images being the preprocessed model inputs ``[batch, 3, height, width]``.
 
     ``indices`` restricts the run to those images (positions in the tensor or the image set's
     files), in the order given; a per-image ``target_class`` is then indexed by them too."""
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
+    check_precision(precision)
     if batch_size < 1:
         raise RolloutSettingsError(f"batch size must be at least 1, got {batch_size}.")
     num_layers = len(attention_modules(model))  # a clear error for CNNs, before any image is read
@@ -458,7 +462,8 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
             _resolve_readout(readout, layout)
         pm, predicted, target = _run_batch(model, x, layout, layers, method=method, head_fusion=head_fusion,
                                            discard_ratio=discard_ratio, residual_weight=residual_weight,
-                                           readout=readout, target_class=target_class, offset=offset)
+                                           readout=readout, target_class=target_class, offset=offset,
+                                           precision=precision)
         offset += x.shape[0]
         plain = method == "rollout"
         yield x, RolloutMaps(
@@ -472,7 +477,8 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
 def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusion: str = "mean",
                       discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                       end_layer: int | None = None, target_class=None, readout: str = "auto",
-                      batch_size: int = 32, num_workers: int = 0, model_name: str = "") -> RolloutMaps:
+                      batch_size: int = 32, num_workers: int = 0, model_name: str = "",
+                      precision: str = "fp32") -> RolloutMaps:
     """Rollout maps of every image, batched: one forward (and for gradients one backward) per batch.
 
     Args:
@@ -492,6 +498,8 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         batch_size: images per forward pass.
         num_workers: image-decoding processes when reading files.
         model_name: the name recorded in the result (default: the model's class name).
+        precision: forward (and backward) pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); maps and
+            gradients are cast to float32 before they are combined.
 
     Returns:
         :class:`RolloutMaps` with one ``[grid_h, grid_w]`` map per image.
@@ -504,7 +512,7 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         model, images, method=method, head_fusion=head_fusion, discard_ratio=discard_ratio,
         residual_weight=residual_weight, start_layer=start_layer, end_layer=end_layer,
         target_class=target_class, readout=readout, batch_size=batch_size, num_workers=num_workers,
-        model_name=model_name)]
+        model_name=model_name, precision=precision)]
     if not parts:
         from .errors import ImageError
         raise ImageError("no image could be read, so there is nothing to roll out.")

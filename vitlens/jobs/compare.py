@@ -56,7 +56,7 @@ def measure_locality(vits: Sequence[nn.Module], cnns: Sequence[nn.Module], args:
             distances.append(d)
             rec["attention_distance"] = d.to_dict()
         f = effective_receptive_field(model, WorkerImages(imgs, workers), batch_size=batch_size,
-                                      progress=progress, name=name)
+                                      progress=progress, name=name, precision=precision)
         fields.append(f)
         rec.update(receptive_field=f.to_dict(), images=imgs.record(f.n_images))
         if record is not None:
@@ -155,7 +155,7 @@ def register(subparsers, common) -> None:
     add_model_arguments(p)
     p.add_argument("--random-init", action="store_true", help="random weights (a baseline)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="forward pass precision for attention distance (reductions are float32)")
+                   help="forward (and backward) pass precision (reductions in float32)")
 
     def _run(args):
         run_compare(*model_pairs(args), args.images, args.out, random_init=args.random_init, device=args.device,

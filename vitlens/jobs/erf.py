@@ -14,6 +14,7 @@ from ..distributed import context
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
+from ..precision import PRECISIONS
 from ..receptive_field import (INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField,
                                ReceptiveFieldAccumulator, stream_receptive_field)
 from ..resume import Interrupted, StopRequest, clear_partial, load_partial, partial_path, save_partial
@@ -53,7 +54,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
             num_images: int | None = None, sample: bool = False, seed: int = 0, workers: int = 0,
             input_size: int | Sequence[int] | None = None, layers: Sequence[str] | None = None,
             objective: str = "sum", input_gradient: str = "abs", unit_position: str = "receptive_field",
-            overwrite: bool = False, resume: bool = False, progress: bool = True,
+            precision: str = "fp32", overwrite: bool = False, resume: bool = False, progress: bool = True,
             args: argparse.Namespace | None = None) -> list[ReceptiveField]:
     """Measure the effective receptive field of every model over the same image files (each through
     its own preprocessing) and write ``receptive_field.csv``, ``receptive_field.png`` and ``run.json``
@@ -78,7 +79,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
              "sample": sample, "seed": seed, "input_size": list(size) if size else None,
              "layers": list(layers) if layers else None, "objective": objective,
              "input_gradient": input_gradient, "unit_position": unit_position, "random_init": random_init,
-             "world": ctx.world}
+             "precision": precision, "world": ctx.world}
     ppath = partial_path(out, "erf", ctx.rank)
     saved, meta = load_partial(ppath) if resume else ({}, {"setup": setup, "models": {}})
     if meta["setup"] != setup:
@@ -94,7 +95,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
             imgs = images_for(model, ns, input_size=size)
             name = display_name(model)
             acc = ReceptiveFieldAccumulator(model, layers, objective=objective, input_gradient=input_gradient,
-                                            unit_position=unit_position)
+                                            unit_position=unit_position, precision=precision)
             acc.prepare(model_transform(model, size)[1]["input_size"][-2:])
             mine = meta["models"].get(str(mi), {"done": [], "skipped": []})
             if str(mi) in meta["models"]:
@@ -175,6 +176,8 @@ def register(subparsers, common) -> None:
                         "grid where unknown) or (i + 0.5) * stride")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the partial sums it saved in --out")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="forward and backward pass precision (autocast); sums are float64")
 
     def _run(args):
         from ..cli import model_specs
@@ -182,6 +185,6 @@ def register(subparsers, common) -> None:
                 batch_size=args.batch_size, num_images=args.num_images, sample=args.sample, seed=args.seed,
                 workers=args.workers, input_size=args.input_size, layers=args.layers, objective=args.objective,
                 input_gradient=args.input_gradient, unit_position=args.unit_position,
-                overwrite=args.overwrite, resume=args.resume, args=args)
+                precision=args.precision, overwrite=args.overwrite, resume=args.resume, args=args)
 
     p.set_defaults(func=_run)

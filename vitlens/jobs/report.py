@@ -95,7 +95,8 @@ def _knows_shapes_labels(model: nn.Module) -> bool:
     return list(getattr(model, "pretrained_cfg", {}).get("label_names") or []) == list(CLASSES)
 
 
-def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, masks: Path | None, sheet: bool):
+def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, masks: Path | None, sheet: bool,
+             precision: str = "fp32"):
     """Rollout maps of every image and, with a mask folder, each map's share on its object; returns
     ``(scores frame, RolloutMaps, display images for the sheet, why masks were not scored or "")``."""
     import timm.data
@@ -109,7 +110,8 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, ma
     cfg = timm.data.resolve_data_config({}, model=model)
     by_key = dict(zip(image_keys(imgs.paths), imgs.paths))
     parts, shown = [], []
-    for x, part in iter_rollout(model, imgs, batch_size=batch_size, num_workers=workers, model_name=name):
+    for x, part in iter_rollout(model, imgs, batch_size=batch_size, num_workers=workers, model_name=name,
+                                precision=precision):
         parts.append(part)
         if sheet and len(shown) < SHEET_IMAGES:
             shown.extend(to_display(x, cfg["mean"], cfg["std"])[: SHEET_IMAGES - len(shown)])
@@ -165,7 +167,7 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
             score the rollout maps; generated images bring their own.
         num_images: images used (generated, or the first of ``images``).
         erf_images: images the receptive fields average over (the first of those used).
-        precision: forward pass of the attention-distance analysis (reductions are float32).
+        precision: forward (and backward) passes of every analysis; reductions are float32 or more.
         local_fraction: a head is local below this share of uniform attention's distance.
     """
     default = vits is None and cnns is None
@@ -265,7 +267,8 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
 
     frames, unscored = [], []
     for i, m in enumerate(vit_models):
-        frame, maps, shown, why = _rollout(m, sets[id(m)], batch_size, workers, mask_dir, sheet=i == 0)
+        frame, maps, shown, why = _rollout(m, sets[id(m)], batch_size, workers, mask_dir, sheet=i == 0,
+                                           precision=precision)
         frames.append(frame)
         if why:
             unscored.append(why)
@@ -296,7 +299,7 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
                                                                                     sets[id(m)].paths[:erf_images]],
                                                       "num_images": None}))
         fields.append(effective_receptive_field(m, WorkerImages(erf_set, workers), batch_size=batch_size,
-                                                progress=show_progress, name=display_name(m)))
+                                                progress=show_progress, name=display_name(m), precision=precision))
         step(f"receptive field {display_name(m)}")
     res = locality(distances, fields)
     save_csv(data / "locality.csv", res.to_frame())
@@ -368,7 +371,7 @@ def register(subparsers, common) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="forward pass precision for attention distance (reductions are float32)")
+                   help="forward (and backward) pass precision of every analysis (reductions in float32)")
     p.add_argument("--local-fraction", type=float, default=LOCAL_FRACTION, metavar="F",
                    help=f"a head is local below F times the distance of uniform attention (default {LOCAL_FRACTION})")
 

@@ -29,6 +29,7 @@ from ..capture import attention_modules
 from ..data.images import ImageSet
 from ..distributed import context
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
+from ..precision import PRECISIONS
 from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
                        image_keys, iter_rollout)
 from ..scores import FILLS, DeletionCurve, deletion_curve
@@ -66,6 +67,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                 input_size: int | Sequence[int] | None = None,
                 overwrite: bool = False, deletion_steps: int = 0, deletion_fill: str = "mean",
                 sheet_max: int = 64, model_kwargs: dict | None = None, show_progress: bool = True,
+                precision: str = "fp32",
                 args: dict | None = None) -> dict:
     """Rollout maps of every image for every model, saved under ``out``.
 
@@ -130,7 +132,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                                         discard_ratio=discard_ratio, residual_weight=residual_weight,
                                         start_layer=start_layer, end_layer=end_layer, target_class=target_class,
                                         readout=readout, batch_size=batch_size, num_workers=workers,
-                                        model_name=name, indices=shard):
+                                        model_name=name, indices=shard, precision=precision):
                 shown = to_display(x, cfg["mean"], cfg["std"])  # [batch, height, width, 3]
                 for i, key in enumerate(part.names):
                     label = key if part.target is None or method == "rollout" else f"{key} (class {part.target[i]})"
@@ -150,7 +152,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         imageset.check_used(n_used)
         entry = {"model": model_record(model, result.layout.input_size), "display_name": name,
                  "folder": folder or ".", "input_size": list(result.layout.input_size),
-                 "grid_size": list(result.layout.grid_size), "conventions": result.settings(),
+                 "grid_size": list(result.layout.grid_size), "conventions": {**result.settings(), "precision": precision},
                  "npz_keys": "file name; path relative to the deepest common folder where file names repeat",
                  "overlay_colour_scale": f"{_SCALE}: each map from its own minimum to its own maximum",
                  "images": imageset.record(n_used), "contact_sheet_images": len(shown_sheet),
@@ -220,7 +222,8 @@ def _cmd(args: argparse.Namespace) -> int:
                       random_init=args.random_init, num_images=args.num_images, sample=args.sample, seed=args.seed,
                       workers=args.workers, input_size=args.input_size, overwrite=args.overwrite,
                       deletion_steps=args.deletion_steps,
-                      deletion_fill=args.deletion_fill, sheet_max=args.sheet_max, args=args_record(args))
+                      deletion_fill=args.deletion_fill, sheet_max=args.sheet_max, precision=args.precision,
+                      args=args_record(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     for m in rec["models"]:
@@ -261,4 +264,6 @@ def register(subparsers, common) -> None:
     g.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="model input size (one value, or height width) for models that accept several")
     g.add_argument("--sheet-max", type=int, default=64, metavar="N", help="overlays on the contact sheet (default 64)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="forward (and backward) pass precision; maps are combined in float32 or more")
     p.set_defaults(func=_cmd)
