@@ -1,0 +1,737 @@
+"""Benchmark: vitlens's analyses against the usual way of doing the same computation.
+
+Every comparison is measured side by side in one run on one machine, and each pair of sides is
+checked to compute the same numbers (the run stops with an AssertionError if they do not), so a
+ratio never compares two different computations. Times are the best of several interleaved
+rounds, because a shared machine adds delays that only ever lengthen a run.
+
+Comparisons (default sizes; ``--quick`` uses smaller ones):
+
+1. Mean attention distance of 512 images: vitlens (streaming :func:`vitlens.attention_distance`)
+   against timm's ``AttentionExtract`` keeping every layer's maps of every image, then a NumPy mean
+   distance over the stored maps (the way the probing-vits notebooks compute it: prefix tokens
+   dropped, rows not renormalised, so vitlens runs with ``prefix_tokens="discard"`` here). Wall
+   time of the analysis and peak resident memory, each side in a fresh child process; the peak of a
+   child that only loads the model and the images is subtracted, so the memory ratio is that of
+   the analyses. A child running the plain forward pass gives the memory of the forward pass alone.
+2. Attention rollout of 64 images: vitlens's batched rollout against a per-image loop in the style
+   of vit-explain (forward hooks on ``attn_drop``, one image per forward pass, one matrix product
+   per layer with torch CPU tensors as vit-explain does; the same loop with NumPy products is
+   reported too).
+3. Effective receptive field of 32 images: vitlens's batched :func:`effective_receptive_field`
+   against a one-image-at-a-time loop (one forward per image, one backward per image and layer).
+   The plain forward pass at batch 32 against batch 1 shows how much batching alone can gain on the
+   machine, the ceiling for 2 and 3.
+4. Cost of each vitlens analysis as throughput relative to a plain forward pass of the same model
+   (timm's fused attention, no hooks) at the same batch size, in one process; and the
+   ``vitlens distance`` command as a whole process against a process that loads the same model and
+   runs the plain forward pass over the same image folder with the same ImageSet loading.
+5. Flat memory: peak resident memory of the ``vitlens distance`` process at 2000 images against
+   100 images, same batch size.
+6. Rollout and ERF again on a small model (``--small-model``, the shipped 64 px ViT by default),
+   where a forward pass of one image is too small to keep the cores busy.
+
+Peak memory is the child's ``VmHWM`` from ``/proc/self/status``. ``getrusage().ru_maxrss`` is not
+used: on Linux a child started with fork/vfork + exec inherits the parent's high-water mark in
+``ru_maxrss``, so it reports at least the parent's peak.
+
+Models are randomly initialised (seeded, identical in every process; no download). Images are the
+generated shapes data set (:mod:`vitlens.data.shapes`) written to a temporary folder.
+
+    python analyses/benchmark.py                  # about 8 minutes on 2 CPU cores
+    python analyses/benchmark.py --quick          # about 1.5 minutes
+    python analyses/benchmark.py --device cuda --out results/   # also writes benchmark.json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+FULL = {"distance": 512, "rollout": 64, "erf": 32, "cost": 128, "cli": 512, "flat_lo": 100, "flat_hi": 2000}
+QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192}
+MIB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------- helpers shared by all processes
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def sync(device) -> None:
+    import torch
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build_model(name: str, device: str, seed: int):
+    """The benchmark model: random weights drawn from ``seed`` (the same in every process)."""
+    import torch
+
+    from vitlens.models import load_model
+
+    torch.manual_seed(seed)
+    return load_model(name, pretrained=False, device=device)
+
+
+def set_fused(model, flag: bool) -> list:
+    """Set every attention module's ``fused_attn``; returns what to restore."""
+    saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    for m, _ in saved:
+        m.fused_attn = flag
+    return saved
+
+
+# --------------------------------------------------------------------------- baselines
+
+def probing_vits_distance_matrix(patch_size: int, length: int):
+    """Pixel distance between patch centres of a ``length x length`` grid (probing-vits's
+    ``compute_distance_matrix``, written with array operations instead of its double loop)."""
+    import numpy as np
+    ij = np.stack(np.divmod(np.arange(length * length), length), -1).astype(np.float64)
+    return patch_size * np.sqrt(((ij[:, None, :] - ij[None, :, :]) ** 2).sum(-1))
+
+
+def probing_vits_mean_distance(attention_weights, distance_matrix, num_prefix: int):
+    """probing-vits's ``compute_mean_attention_dist``: drop prefix rows and columns, weight by
+    distance, sum over keys, mean over queries. ``[image, head, q, k]`` -> ``[image, head]``."""
+    import numpy as np
+    attention_weights = attention_weights[..., num_prefix:, num_prefix:]
+    h, w = distance_matrix.shape
+    mean_distances = attention_weights * distance_matrix.reshape((1, 1, h, w))
+    mean_distances = np.sum(mean_distances, axis=-1)
+    return np.mean(mean_distances, axis=-1)
+
+
+def timm_distance(model, x, batch_size: int, device: str):
+    """Store every layer's attention maps of every image with ``timm.utils.AttentionExtract``,
+    then compute the mean distance per layer and head in NumPy. Returns ``([layer, head],
+    seconds)``. In the baseline's favour: the one-time fx trace is not timed, and the maps go
+    straight into preallocated arrays (appending batches and concatenating them holds the maps
+    twice and, measured here, more than doubled the peak)."""
+    import numpy as np
+    import torch
+    from timm.utils import AttentionExtract
+
+    set_fused(model, False)  # with fused attention the traced graph has no softmax node to extract
+    extractor = AttentionExtract(model)  # fx, nodes '*attn.softmax'
+    sync(device)
+    t0 = time.perf_counter()
+    stored: dict = {}  # every layer's maps of all images: [image, head, token, token], filled in place
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            out = extractor(x[i:i + batch_size].to(device))
+            for k, v in out.items():
+                if k not in stored:
+                    stored[k] = np.empty((x.shape[0], *v.shape[1:]), dtype=np.float32)
+                stored[k][i:i + v.shape[0]] = v.cpu().numpy()
+    gh, gw = model.patch_embed.grid_size
+    assert gh == gw, "probing-vits assumes a square grid"
+    dm = probing_vits_distance_matrix(int(model.patch_embed.patch_size[0]), gh)
+    per_layer = [probing_vits_mean_distance(stored[k], dm, model.num_prefix_tokens).mean(0)
+                 for k in extractor.names]
+    seconds = time.perf_counter() - t0
+    return np.stack(per_layer), seconds
+
+
+def rollout_per_image(model, x, device: str, products: str = "torch"):
+    """vit-explain's ``VITAttentionRollout`` (mean head fusion, no discard): a forward hook on every
+    ``attn_drop`` keeps one image's maps; per layer ``a = (A + I) / 2`` with rows renormalised,
+    ``result = a @ result``; the map is the class token's row over the patches. ``products`` is
+    ``"torch"`` (CPU tensors, as vit-explain does) or ``"numpy"`` (NumPy arrays). Both in float64,
+    as vitlens computes rollout."""
+    import numpy as np
+    import torch
+
+    attentions: list = []
+
+    def get_attention(module, inputs, output):
+        attentions.append(output.cpu())
+
+    saved = set_fused(model, False)
+    handles = [m.register_forward_hook(get_attention) for n, m in model.named_modules() if n.endswith("attn_drop")]
+    gh, gw = model.patch_embed.grid_size
+    npt = model.num_prefix_tokens
+    maps = []
+    try:
+        with torch.no_grad():
+            for i in range(x.shape[0]):
+                attentions.clear()
+                model(x[i:i + 1].to(device))
+                n = attentions[0].shape[-1]
+                if products == "torch":
+                    eye = torch.eye(n, dtype=torch.float64)
+                    result = eye
+                    for attention in attentions:
+                        fused = attention[0].double().mean(dim=0)
+                        a = (fused + eye) / 2
+                        a = a / a.sum(dim=-1, keepdim=True)
+                        result = torch.matmul(a, result)
+                    maps.append(result[0, npt:].reshape(gh, gw).numpy())
+                else:
+                    eye = np.eye(n)
+                    result = eye
+                    for attention in attentions:
+                        fused = attention[0].numpy().astype(np.float64).mean(axis=0)
+                        a = (fused + eye) / 2
+                        a = a / a.sum(axis=-1, keepdims=True)
+                        result = a @ result
+                    maps.append(result[0, npt:].reshape(gh, gw))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in saved:
+            m.fused_attn = flag
+    return np.stack(maps)
+
+
+def erf_per_image(model, x, device: str):
+    """Input-gradient ERF one image at a time: per image one forward pass with hooks on every
+    block, then per block one ``autograd.grad`` of the centre patch token's channel sum; ``|grad|``
+    summed over colour channels, averaged over images. Returns ``[layer, height, width]`` float64."""
+    import numpy as np
+    import torch
+
+    names = [f"blocks.{i}" for i in range(len(model.blocks))]
+    mods = dict(model.named_modules())
+    outs: dict = {}
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n in names]
+    gh, gw = model.patch_embed.grid_size
+    token = model.num_prefix_tokens + (gh // 2) * gw + gw // 2
+    sums = np.zeros((len(names), x.shape[-2], x.shape[-1]))
+    try:
+        with torch.enable_grad():
+            for i in range(x.shape[0]):
+                xi = x[i:i + 1].to(device).requires_grad_(True)
+                outs.clear()
+                model(xi)
+                for li, n in enumerate(names):
+                    (g,) = torch.autograd.grad(outs[n][:, token, :].sum(), xi, retain_graph=li < len(names) - 1)
+                    sums[li] += g.abs().sum(1)[0].double().cpu().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return sums / x.shape[0]
+
+
+def plain_forward(model, x, batch_size: int, device: str) -> None:
+    import torch
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            model(x[i:i + batch_size].to(device))
+
+
+# --------------------------------------------------------------------------- child processes
+
+_REPORT = """
+import json as _json, sys as _sys
+def _report(path, **extra):
+    hwm = 0
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                hwm = int(line.split()[1]) * 1024
+    with open(path, 'w') as f:
+        _json.dump({'peak_rss': hwm, **extra}, f)
+"""
+
+# The vitlens command line, exactly as `python -m vitlens ...` runs it, then its peak memory.
+CLI_PROCESS = _REPORT + """
+from vitlens.cli import main
+rc = main(_sys.argv[2:])
+_report(_sys.argv[1])
+_sys.exit(rc)
+"""
+
+# A plain forward pass over an image folder: same model loading, same ImageSet, same batches.
+PLAIN_PROCESS = _REPORT + """
+import torch
+from vitlens.data.images import ImageSet
+from vitlens.models import load_model
+report, name, folder, n, bs, device, seed = _sys.argv[1:8]
+torch.manual_seed(int(seed))
+model = load_model(name, pretrained=False, device=device)
+images = ImageSet.for_model(model, folder, num_images=int(n))
+seen = 0
+with torch.no_grad():
+    for x, idx in images.batches(int(bs)):
+        model(x.to(device))
+        seen += len(idx)
+if device.startswith('cuda'):
+    torch.cuda.synchronize()
+assert seen == int(n), seen
+_report(report, n_images=seen)
+"""
+
+
+def child_main(task: str, spec_path: str) -> int:
+    """One measurement in a fresh process: ``load`` (model and images only), ``forward`` (plain
+    fused forward pass), ``vitlens-distance`` or ``timm-distance``. Writes a JSON report (and the
+    result array) where the spec says."""
+    import numpy as np
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    device, bs = spec["device"], spec["batch_size"]
+    model = build_model(spec["model"], device, spec["seed"])
+    x = torch.load(spec["images"], weights_only=True)[: spec["n"]]
+    report = {"task": task, "n_images": int(x.shape[0])}
+    if task == "vitlens-distance":
+        from vitlens.distance import attention_distance
+        sync(device)
+        t0 = time.perf_counter()
+        res = attention_distance(model, x, batch_size=bs, prefix_tokens="discard")
+        sync(device)
+        report["seconds"] = time.perf_counter() - t0
+        np.save(spec["result"], res.distance)
+    elif task == "timm-distance":
+        dist, report["seconds"] = timm_distance(model, x, bs, device)
+        np.save(spec["result"], dist)
+    elif task == "forward":
+        sync(device)
+        t0 = time.perf_counter()
+        plain_forward(model, x, bs, device)
+        sync(device)
+        report["seconds"] = time.perf_counter() - t0
+    elif task != "load":
+        raise ValueError(f"unknown child task {task!r}")
+    report["peak_rss"] = peak_rss()
+    if device.startswith("cuda"):
+        report["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated())
+    Path(spec["report"]).write_text(json.dumps(report))
+    return 0
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def run_process(argv: list[str], log: Path, cpu: list | None = None) -> float:
+    """Run ``argv`` to completion; returns its wall time and appends its CPU time (user + system)
+    to ``cpu``. A failure raises with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = rc = os.waitstatus_to_exitcode(status)
+            if cpu is not None:
+                cpu.append(usage.ru_utime + usage.ru_stime)
+        else:
+            rc = p.wait()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        tail = "\n".join(log.read_text().splitlines()[-25:])
+        raise RuntimeError(f"{shlex.join(argv)} exited with {rc}:\n{tail}")
+    return wall
+
+
+def run_child(task: str, work: Path, **spec) -> dict:
+    spec_path, report = work / f"{task}.spec.json", work / f"{task}.report.json"
+    spec.update(report=str(report), result=str(work / f"{task}.npy"))
+    spec_path.write_text(json.dumps(spec))
+    run_process([sys.executable, str(Path(__file__).resolve()), "--child", task, "--spec", str(spec_path)],
+                work / f"{task}.log")
+    out = json.loads(report.read_text())
+    out["result"] = spec["result"]
+    return out
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def machine_info(device: str) -> dict:
+    import timm
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cpus": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "os": platform.platform(), "device": device}
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def row(measurement, vitlens, baseline, ratio, target, met, **raw) -> dict:
+    return {"measurement": measurement, "vitlens": vitlens, "baseline": baseline, "ratio": ratio,
+            "target": target, "met": met, "raw": raw}
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _agree(name: str, a, b, rtol: float, atol: float, checks: dict) -> None:
+    """Assert that both sides computed the same numbers; record the largest difference."""
+    import numpy as np
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"{name}: shapes differ, {a.shape} vs {b.shape}"
+    assert np.isfinite(b).all() and np.abs(b).max() > 0, f"{name}: the baseline result is empty or not finite"
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}: vitlens and baseline disagree")
+    diff = np.abs(a - b)
+    checks[name] = {"max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / np.maximum(np.abs(b), 1e-300)).max()),
+                    "rtol": rtol, "atol": atol, "shape": list(a.shape)}
+
+
+def _timed_rounds(jobs: dict, rounds: int, device: str, label: str, light: tuple = (),
+                  light_rounds: int | None = None) -> tuple[dict, dict, dict]:
+    """Run every job once per round, interleaved, so that both sides of a ratio see the same spells
+    of load; jobs named in ``light`` (the quick ones) run ``light_rounds`` rounds, the rest
+    ``rounds``. Returns (best seconds, all seconds, last outputs)."""
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    out: dict = {}
+    total = max(rounds, light_rounds or rounds)
+    for rep in range(total):
+        for key, fn in jobs.items():
+            if rep >= ((light_rounds or rounds) if key in light else rounds):
+                continue
+            sync(device)
+            t0 = time.perf_counter()
+            out[key] = fn()
+            sync(device)
+            times[key].append(time.perf_counter() - t0)
+            _say(f"{label} round {rep + 1}/{total}: {key} {times[key][-1]:.2f} s")
+    return {k: min(v) for k, v in times.items()}, times, out
+
+
+def run_benchmark(args) -> dict:
+    import numpy as np
+    import torch
+
+    from vitlens.data.images import ImageSet
+    from vitlens.data.shapes import save_images
+    from vitlens.distance import attention_distance
+    from vitlens.receptive_field import effective_receptive_field
+    from vitlens.rollout import attention_rollout
+
+    sizes = dict(QUICK if args.quick else FULL)
+    rounds = args.repeat if args.repeat is not None else (2 if args.quick else 3)
+    child_rounds = 1 if args.quick else min(rounds, 2)
+    dev, bs, seed, name = args.device, args.batch_size, args.seed, args.model
+    info = machine_info(dev)
+    info["load_average_start"] = list(os.getloadavg())
+    rows, checks = [], {}
+    details = {"sizes": sizes, "rounds": rounds, "child_rounds": child_rounds, "batch_size": bs, "model": name,
+               "small_model": args.small_model or None}
+    work = Path(tempfile.mkdtemp(prefix="vitlens-bench-"))
+    try:
+        # ---------------------------------------------------------------- images
+        n_files = max(sizes["flat_hi"], sizes["cli"], sizes["distance"])
+        t0 = time.perf_counter()
+        save_images(work / "shapes", n_files, seed=seed)
+        folder = work / "shapes" / "images"
+        _say(f"wrote {n_files} images in {time.perf_counter() - t0:.1f} s to {folder}")
+        model = build_model(name, dev, seed)
+        n_tensor = max(sizes["distance"], sizes["cost"], sizes["rollout"], sizes["erf"])
+        x = torch.cat([xb for xb, _ in ImageSet.for_model(model, folder, num_images=n_tensor).batches(bs)])
+        torch.save(x, work / "images.pt")
+        _say(f"preprocessed {tuple(x.shape)} with {name}'s eval transform")
+        spec = {"model": name, "device": dev, "seed": seed, "batch_size": bs, "images": str(work / "images.pt")}
+
+        # ---------------------------------------------------------------- 1. distance vs AttentionExtract
+        n = sizes["distance"]
+        reports: dict[str, list[dict]] = {"load": [], "forward": [], "vitlens-distance": [], "timm-distance": []}
+        for rep in range(child_rounds):
+            for task in reports:
+                if task == "load" and rep:
+                    continue
+                _say(f"distance, {n} images, child round {rep + 1}/{child_rounds}: {task}")
+                c = run_child(task, work, n=n, **spec)
+                reports[task].append(c)
+                _say(f"  {c.get('seconds', 0):.1f} s, peak {c['peak_rss'] / MIB:.0f} MiB")
+                if task.endswith("distance"):
+                    c["value"] = np.load(c["result"])
+        _agree("attention distance [layer, head], px", reports["vitlens-distance"][-1]["value"],
+               reports["timm-distance"][-1]["value"], 1e-4, 1e-4, checks)
+        tv = min(c["seconds"] for c in reports["vitlens-distance"])
+        tb = min(c["seconds"] for c in reports["timm-distance"])
+        tf = min(c["seconds"] for c in reports["forward"])
+        r = tb / tv
+        rows.append(row(f"attention distance, {n} images: time", f"{tv:.1f} s", f"{tb:.1f} s", r, ">= 2x faster",
+                        r >= 2, vitlens_s=[c["seconds"] for c in reports["vitlens-distance"]],
+                        baseline_s=[c["seconds"] for c in reports["timm-distance"]],
+                        forward_s=[c["seconds"] for c in reports["forward"]]))
+        rows.append(row(f"attention distance, {n} images: baseline time / plain fused forward time",
+                        f"{tf:.1f} s (forward)", f"{tb:.1f} s", tb / tf, "(ceiling)", None))
+        rows.append(row(f"distance throughput / plain fused forward, {n} images, one process each (batch {bs})",
+                        f"{n / tv:.1f} img/s", f"{n / tf:.1f} img/s", tf / tv, ">= 0.70", tf / tv >= 0.70))
+        peak = {k: max(c["peak_rss"] for c in v) for k, v in reports.items()}
+        dv, db = peak["vitlens-distance"] - peak["load"], peak["timm-distance"] - peak["load"]
+        r = db / max(dv, 1)
+        rows.append(row(f"attention distance, {n} images: peak RSS above load-only process ({peak['load'] / MIB:.0f} MiB)",
+                        f"{dv / MIB:.0f} MiB", f"{db / MIB:.0f} MiB", r, ">= 5x less", r >= 5,
+                        peak_rss=peak, forward_above_load=peak["forward"] - peak["load"],
+                        cuda_peak_allocated={k: v[-1].get("cuda_peak_allocated") for k, v in reports.items()}))
+        details["distance_children"] = {k: [{kk: vv for kk, vv in c.items() if kk not in ("value", "result")}
+                                            for c in v] for k, v in reports.items()}
+
+        # ---------------------------------------------------------------- 2-4. in one process
+        nc, nr, ne = sizes["cost"], sizes["rollout"], sizes["erf"]
+        layers = len(model.blocks)
+        jobs = {
+            "forward": lambda: plain_forward(model, x[:nc], bs, dev),
+            "forward_b1": lambda: plain_forward(model, x[:nr], 1, dev),
+            "distance": lambda: attention_distance(model, x[:nc], batch_size=bs),
+            "rollout": lambda: attention_rollout(model, x[:nr], batch_size=bs),
+            "rollout_per_image": lambda: rollout_per_image(model, x[:nr], dev),
+            "rollout_per_image_numpy": lambda: rollout_per_image(model, x[:nr], dev, products="numpy"),
+            "erf": lambda: effective_receptive_field(model, x[:ne], batch_size=bs, progress=False),
+            "erf_per_image": lambda: erf_per_image(model, x[:ne], dev),
+        }
+        _say("in-process: warm-up")
+        _timed_rounds({
+            "forward": lambda: plain_forward(model, x[:2], bs, dev),
+            "distance": lambda: attention_distance(model, x[:2], batch_size=bs),
+            "rollout": lambda: attention_rollout(model, x[:2], batch_size=bs),
+            "rollout_per_image": lambda: rollout_per_image(model, x[:2], dev),
+            "rollout_per_image_numpy": lambda: rollout_per_image(model, x[:2], dev, products="numpy"),
+            "erf": lambda: effective_receptive_field(model, x[:2], batch_size=bs, progress=False),
+            "erf_per_image": lambda: erf_per_image(model, x[:1], dev)}, 1, dev, "warm-up")
+        light = ("forward", "forward_b1", "distance", "rollout", "rollout_per_image")
+        best, times, out = _timed_rounds(jobs, rounds, dev, "in-process", light, 2 * rounds - 1)
+        details["in_process_s"] = times
+        _agree("rollout maps [image, grid_h, grid_w]", out["rollout"].maps, out["rollout_per_image"], 1e-4, 1e-9, checks)
+        _agree("rollout maps, NumPy products", out["rollout"].maps, out["rollout_per_image_numpy"], 1e-4, 1e-9, checks)
+        emaps = out["erf"].maps
+        _agree("ERF maps [layer, height, width]", emaps, out["erf_per_image"], 1e-3, 1e-6 * float(np.abs(emaps).max()),
+               checks)
+        r = best["rollout_per_image"] / best["rollout"]
+        rows.append(row(f"rollout, {nr} images: time", f"{best['rollout']:.2f} s", f"{best['rollout_per_image']:.2f} s",
+                        r, ">= 3x faster", r >= 3, vitlens_s=times["rollout"], baseline_s=times["rollout_per_image"]))
+        r = best["rollout_per_image_numpy"] / best["rollout"]
+        rows.append(row(f"rollout, {nr} images: time, per-image loop with NumPy products", f"{best['rollout']:.2f} s",
+                        f"{best['rollout_per_image_numpy']:.2f} s", r, "(info)", None,
+                        baseline_s=times["rollout_per_image_numpy"]))
+        r = best["erf_per_image"] / best["erf"]
+        rows.append(row(f"ERF, {ne} images x {layers} layers: time", f"{best['erf']:.2f} s",
+                        f"{best['erf_per_image']:.2f} s", r, ">= 3x faster", r >= 3,
+                        vitlens_s=times["erf"], baseline_s=times["erf_per_image"]))
+        fwd, fwd1 = nc / best["forward"], nr / best["forward_b1"]
+        rows.append(row(f"plain fused forward, batch {bs} / batch 1 (throughput)", f"{fwd:.1f} img/s",
+                        f"{fwd1:.1f} img/s", fwd / fwd1, "(ceiling)", None, forward_s=times["forward"],
+                        forward_b1_s=times["forward_b1"]))
+        for key, count, target in (("distance", nc, 0.70), ("rollout", nr, None), ("erf", ne, None)):
+            thr = count / best[key]
+            r = thr / fwd
+            rows.append(row(f"{key if key != 'erf' else 'ERF'} throughput / plain fused forward, {count} images, "
+                            f"in process (batch {bs})",
+                            f"{thr:.1f} img/s", f"{fwd:.1f} img/s", r,
+                            f">= {target:.2f}" if target else "(cost)", (r >= target) if target else None,
+                            vitlens_img_s=thr, forward_img_s=fwd, images=count))
+
+        # ---------------------------------------------------------------- 4b. whole process
+        ncli = sizes["cli"]
+        cli_common = ["--model", name, "--random-init", "--seed", str(seed), "--images", str(folder),
+                      "--batch-size", str(bs), "--device", dev]
+        walls: dict[str, list[float]] = {"cli": [], "plain": []}
+        cpus: dict[str, list[float]] = {"cli": [], "plain": []}
+        peaks: dict[int, int] = {}
+
+        def cli(count: int, tag: str, cpu: list | None = None) -> float:
+            rep_path = work / f"cli-{tag}.json"
+            wall = run_process([sys.executable, "-c", CLI_PROCESS, str(rep_path), "distance", *cli_common,
+                                "--num-images", str(count), "--out", str(work / f"out-{tag}")], work / f"cli-{tag}.log",
+                               cpu)
+            peaks[count] = max(peaks.get(count, 0), json.loads(rep_path.read_text())["peak_rss"])
+            import csv
+            with open(work / f"out-{tag}" / "attention_distance.csv") as f:
+                used = {int(rw["n_images"]) for rw in csv.DictReader(f)}
+            assert used == {count}, f"vitlens distance used {used} images, not {count}"
+            return wall
+
+        process_rounds = 1 if args.quick else rounds
+        for rep in range(process_rounds):
+            _say(f"whole process round {rep + 1}/{process_rounds}: vitlens distance over {ncli} files")
+            walls["cli"].append(cli(ncli, f"{ncli}-{rep}", cpus["cli"]))
+            _say(f"  {walls['cli'][-1]:.1f} s; plain-forward process over the same files")
+            rep_path = work / f"plain-{rep}.json"
+            walls["plain"].append(run_process([sys.executable, "-c", PLAIN_PROCESS, str(rep_path), name, str(folder),
+                                               str(ncli), str(bs), dev, str(seed)], work / f"plain-{rep}.log",
+                                              cpus["plain"]))
+            _say(f"  {walls['plain'][-1]:.1f} s")
+        tc, tp = min(walls["cli"]), min(walls["plain"])
+        r = tp / tc
+        rows.append(row(f"`vitlens distance` process / plain-forward process, {ncli} files (throughput)",
+                        f"{tc:.1f} s", f"{tp:.1f} s", r, ">= 0.70", r >= 0.70,
+                        cli_s=walls["cli"], plain_s=walls["plain"], cli_cpu_s=cpus["cli"], plain_cpu_s=cpus["plain"]))
+
+        # ---------------------------------------------------------------- 5. flat memory
+        lo, hi = sizes["flat_lo"], sizes["flat_hi"]
+        for count in (lo, hi):
+            _say(f"flat memory: vitlens distance over {count} files")
+            wall = cli(count, f"flat-{count}")
+            _say(f"  {wall:.1f} s, peak {peaks[count] / MIB:.0f} MiB")
+        r = peaks[hi] / peaks[lo]
+        rows.append(row(f"`vitlens distance` process peak RSS, {hi} vs {lo} images (batch {bs})",
+                        f"{peaks[hi] / MIB:.0f} MiB", f"{peaks[lo] / MIB:.0f} MiB", r, "<= 1.10", r <= 1.10,
+                        peaks={str(k): p for k, p in sorted(peaks.items())}))
+
+        # ---------------------------------------------------------------- 6. a small model, where per-call overhead dominates
+        if args.small_model:
+            from vitlens.models import load_model
+            small = load_model(args.small_model, device=dev)
+            xs = torch.cat([xb for xb, _ in ImageSet.for_model(small, folder, num_images=max(nr, ne)).batches(bs)])
+            sjobs = {
+                "forward": lambda: plain_forward(small, xs[:nr], bs, dev),
+                "forward_b1": lambda: plain_forward(small, xs[:nr], 1, dev),
+                "rollout": lambda: attention_rollout(small, xs[:nr], batch_size=bs),
+                "rollout_per_image": lambda: rollout_per_image(small, xs[:nr], dev),
+                "erf": lambda: effective_receptive_field(small, xs[:ne], batch_size=bs, progress=False),
+                "erf_per_image": lambda: erf_per_image(small, xs[:ne], dev),
+            }
+            _timed_rounds({"rollout": lambda: attention_rollout(small, xs[:2], batch_size=bs),
+                           "rollout_per_image": lambda: rollout_per_image(small, xs[:2], dev),
+                           "erf": lambda: effective_receptive_field(small, xs[:2], batch_size=bs, progress=False),
+                           "erf_per_image": lambda: erf_per_image(small, xs[:1], dev)}, 1, dev,
+                          f"{args.small_model} warm-up")
+            sbest, stimes, sout = _timed_rounds(sjobs, 2 * rounds - 1, dev, args.small_model)
+            details["small_model_s"] = stimes
+            _agree(f"{args.small_model} rollout maps", sout["rollout"].maps, sout["rollout_per_image"], 1e-4, 1e-9, checks)
+            em = sout["erf"].maps
+            _agree(f"{args.small_model} ERF maps", em, sout["erf_per_image"], 1e-3, 1e-6 * float(np.abs(em).max()), checks)
+            tag = f"{args.small_model} ({xs.shape[-1]} px)"
+            r = sbest["rollout_per_image"] / sbest["rollout"]
+            rows.append(row(f"{tag}: rollout, {nr} images: time", f"{sbest['rollout']:.2f} s",
+                            f"{sbest['rollout_per_image']:.2f} s", r, ">= 3x faster", r >= 3))
+            r = sbest["erf_per_image"] / sbest["erf"]
+            rows.append(row(f"{tag}: ERF, {ne} images x {len(small.blocks)} layers: time", f"{sbest['erf']:.2f} s",
+                            f"{sbest['erf_per_image']:.2f} s", r, ">= 3x faster", r >= 3))
+            f32, f1 = nr / sbest["forward"], nr / sbest["forward_b1"]
+            rows.append(row(f"{tag}: plain fused forward, batch {bs} / batch 1 (throughput)", f"{f32:.0f} img/s",
+                            f"{f1:.0f} img/s", f32 / f1, "(ceiling)", None))
+    finally:
+        if args.keep:
+            _say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    info["load_average_end"] = list(os.getloadavg())
+    return {"command": "python analyses/benchmark.py " + shlex.join(sys.argv[1:]), "machine": info,
+            "details": details, "rows": rows, "checks": checks}
+
+
+# --------------------------------------------------------------------------- output
+
+def _fmt_ratio(r: float) -> str:
+    return f"{r:.2f}x" if r >= 0.995 or r < 0.1 else f"{r:.2f}"
+
+
+def table(result: dict, markdown: bool = False) -> str:
+    head = ["measurement", "vitlens", "baseline / reference", "ratio", "target", "met"]
+    body = [[rw["measurement"], rw["vitlens"], rw["baseline"], _fmt_ratio(rw["ratio"]), rw["target"],
+             "-" if rw["met"] is None else ("yes" if rw["met"] else "no")] for rw in result["rows"]]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
+
+
+def machine_line(m: dict) -> str:
+    s = (f"{m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, {m.get('memory_gib', '?')} GiB; "
+         f"torch {m['torch']} ({m['torch_threads']} threads), timm {m['timm']}, Python {m['python']}; device {m['device']}")
+    if "gpu" in m:
+        s += f" ({m['gpu']})"
+    return s
+
+
+def report_text(result: dict) -> str:
+    m = result["machine"]
+    lines = [table(result), "", f"machine: {machine_line(m)}",
+             f"load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m['load_average_end']}",
+             f"model: {result['details']['model']} (random init), batch {result['details']['batch_size']}, "
+             f"best of {result['details']['rounds']} rounds (of {2 * result['details']['rounds'] - 1} for the "
+             f"quick in-process jobs) and of {result['details']['child_rounds']} for the distance children",
+             "agreement (vitlens vs baseline):"]
+    lines += [f"  {k}: max abs diff {c['max_abs_diff']:.3g}, max rel diff {c['max_rel_diff']:.3g}"
+              for k, c in result["checks"].items()]
+    lines.append(f"command: {result['command']}")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out: str) -> list[Path]:
+    p = Path(out)
+    md = f"{table(result, markdown=True)}\n\nMachine: {machine_line(result['machine'])}\n\nCommand: `{result['command']}`\n"
+    if p.suffix == ".json":
+        targets = {p: json.dumps(result, indent=2, default=str)}
+    elif p.suffix == ".md":
+        targets = {p: md}
+    else:
+        targets = {p / "benchmark.json": json.dumps(result, indent=2, default=str), p / "benchmark.md": md}
+    for path, text in targets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return list(targets)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller image counts, fewer rounds (about 1.5 minutes on 2 cores)")
+    p.add_argument("--device", default="cpu", help="torch device for every side (cpu, cuda, cuda:1)")
+    p.add_argument("--model", default="deit_tiny_patch16_224", help="timm ViT, random init (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeat", type=int, help="rounds R of the in-process and whole-process timings, best kept "
+                                              "(default 3; with --quick 2, and 1 for whole processes); the quick "
+                                              "in-process jobs take 2R - 1, the distance children up to 2 (1 with "
+                                              "--quick)")
+    p.add_argument("--small-model", default="vitlens/vit-tiny-shapes",
+                   help="a second, small model for the batched-vs-per-image rows ('' to skip; default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="weights and images")
+    p.add_argument("--out", help="write the results: a .json or .md file, or a folder for benchmark.json and .md")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (images, logs, reports)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child_main(args.child, args.spec)
+    result = run_benchmark(args)
+    print(report_text(result))
+    if args.out:
+        for path in write_outputs(result, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
