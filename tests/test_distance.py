@@ -185,3 +185,23 @@ def test_wrong_layout_is_an_error():
     layout = _layout(4, 4, 16)
     with pytest.raises(ValueError, match="tokens"):
         mean_attention_distance(torch.ones(1, 1, 10, 10), layout)
+
+
+def test_distances_held_on_the_device_are_flushed_into_the_sums():
+    """On an accelerator update() only queues each layer's [batch, head] distances; every reader
+    flushes them first. Queue by hand on the CPU and compare with immediate accumulation."""
+    from conftest import batch, build
+    from vitlens.capture import capture_attention
+    from vitlens.distance import mean_attention_distance, new_accumulator
+
+    model, x = build("vit"), batch("vit", n=3)
+    now, later = new_accumulator(model), new_accumulator(model)
+    with torch.no_grad(), capture_attention(model) as cap:
+        model(x)
+    for layer, attn in enumerate(cap.maps):
+        now.update(layer, attn)
+        later._pending.append((layer, mean_attention_distance(attn, later.layout)))
+    assert later.count.sum() == 0          # nothing summed until a reader flushes
+    a, b = now.result(), later.result()
+    np.testing.assert_allclose(b.distance, a.distance, rtol=1e-12)
+    assert b.n_images == 3 and not later._pending

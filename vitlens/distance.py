@@ -198,13 +198,35 @@ class DistanceAccumulator:
         self.hist = np.zeros(shape + (HIST_BINS,), dtype=np.int64)
         self.min = np.full(shape, np.inf)
         self.max = np.full(shape, -np.inf)
+        self._pending: list[tuple[int, torch.Tensor]] = []
 
     def update(self, layer: int, attn: torch.Tensor) -> None:
-        """Add the ``[batch, head, query, key]`` maps of ``layer`` for one batch of images."""
+        """Add the ``[batch, head, query, key]`` maps of ``layer`` for one batch of images.
+
+        On an accelerator the per-head distances stay on the device until :meth:`flush` (called
+        once per batch by :func:`stream_distance`, and by every method that reads the sums), so the
+        forward pass is not stopped at every layer to copy a few numbers to the host."""
         if self._dist.device != attn.device:
             self._dist = self._dist.to(attn.device)
         mad = mean_attention_distance(attn, self.layout, prefix_tokens=self.prefix_tokens,
-                                      units=self.units, dist=self._dist).double().cpu().numpy()  # [batch, head]
+                                      units=self.units, dist=self._dist)  # [batch, head] float32
+        self._pending.append((layer, mad))
+        if mad.device.type == "cpu":
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the distances held on the device into the sums (one copy for all of them)."""
+        if not self._pending:
+            return
+        layers = [l for l, _ in self._pending]
+        same = len({tuple(m.shape) for _, m in self._pending}) == 1
+        values = (torch.stack([m for _, m in self._pending]).double().cpu().numpy() if same else
+                  [m.double().cpu().numpy() for _, m in self._pending])
+        self._pending = []
+        for layer, mad in zip(layers, values):
+            self._add(layer, mad)
+
+    def _add(self, layer: int, mad: np.ndarray) -> None:
         ok = np.isfinite(mad)
         self.nonfinite[layer] += (~ok).sum(0)
         v = np.where(ok, mad, 0.0)
@@ -221,6 +243,8 @@ class DistanceAccumulator:
 
     def merge(self, other: "DistanceAccumulator") -> None:
         """Add another accumulator's images to this one."""
+        self.flush()
+        other.flush()
         for name in self.SUMMED:
             getattr(self, name).__iadd__(getattr(other, name))
         self.min = np.minimum(self.min, other.min)
@@ -229,9 +253,11 @@ class DistanceAccumulator:
     def state(self) -> dict[str, np.ndarray]:
         """The partial state as arrays (to save, resume, or all-reduce: ``min``/``max`` by min/max,
         the rest by sum)."""
+        self.flush()
         return {k: getattr(self, k) for k in self.SUMMED + ("min", "max")}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.flush()
         for k, v in state.items():
             getattr(self, k)[...] = v
 
@@ -247,6 +273,7 @@ class DistanceAccumulator:
         return (idx + np.clip(frac, 0, 1)) * self.max_distance / HIST_BINS
 
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
+        self.flush()
         n = self.count
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
@@ -285,6 +312,7 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
         for x, idx in _batches(images, batch_size, indices, workers):
             with autocast(device, precision):
                 model(x.to(device, non_blocking=True))
+            accumulator.flush()
             yield idx
 
 
