@@ -147,3 +147,22 @@ def test_readme_figures_exist():
     assert len(links) >= 7
     for link in links:
         assert (root / link).is_file(), link
+
+
+def test_readme_numbers_are_the_figures_numbers():
+    """The numbers the README quotes for the shipped models are those analyses/make_figures.py wrote."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = " ".join((root / "README.md").read_text().split())
+    s = json.loads((root / "figures" / "summary.json").read_text())
+    vit, cnn = s["locality"]["vitlens/vit-tiny-shapes"], s["locality"]["vitlens/resnet-tiny-shapes"]
+    r = s["rollout"]["vitlens/vit-tiny-shapes"]
+    for text in (f"{vit['attention_first_px']:.1f} px in layer 1 and {vit['attention_last_px']:.1f} px in layer 6",
+                 f"against {vit['uniform_attention_px']:.1f} px",
+                 f"({vit['erf_first_px']:.1f} px in block 1, {vit['erf_last_px']:.1f} px in block 6)",
+                 f"grows from {cnn['erf_first_px']:.1f} px to {cnn['erf_last_px']:.1f} px",
+                 f"{100 * r['mask_share']:.0f}% of the rollout mass", f"covers {100 * r['mask_area']:.0f}% of the input",
+                 f"({100 * s['rollout']['vitlens/vit-tiny-shapes-10pct']['pointing_hit']:.0f}% for the"):
+        assert text in readme, text
+    assert r["pointing_hit"] == 1.0 and "every one of the 200 images" in readme
