@@ -43,3 +43,17 @@ def test_checkpoints_pair_with_models(capsys):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "vitlens", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "info" in r.stdout
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(tmp_path, capsys):
+    from vitlens.cli import main
+
+    out = tmp_path / "new" / "out"
+    rc = main(["distance", "--model", "resnet10t", "--random-init", "--images", str(tmp_path / "missing"),
+               "--out", str(out)])
+    assert rc == 2 and not out.exists()
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    rc = main(["distance", "--model", "resnet10t", "--random-init", "--images", str(tmp_path / "missing"),
+               "--out", str(keep)])
+    assert rc == 2 and keep.is_dir()  # a folder the user made is never removed

@@ -7,6 +7,7 @@ Every error a user can cause is printed as one paragraph on stderr with a non-ze
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import warnings
@@ -117,6 +118,15 @@ def _say(msg: str) -> None:
                         break_on_hyphens=False), file=sys.stderr)
 
 
+def _drop_if_empty(out: str | None, fresh: bool) -> None:
+    """Remove an output folder this run created when it failed before writing anything into it."""
+    if fresh and out and os.path.isdir(out) and not os.listdir(out):
+        try:
+            os.rmdir(out)
+        except OSError:
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _load_subcommands()
     parser = build_parser()
@@ -128,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="timm")
         warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
+    out = getattr(args, "out", None)
+    fresh = out is not None and not os.path.exists(out)
     try:
         return int(args.func(args) or 0)
     except VitlensError as e:
         if debug:
             raise
         _say(str(e))
+        _drop_if_empty(out, fresh)
         return e.exit_code
     except KeyboardInterrupt:
         print("vitlens: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ def model_info(name: str, *, checkpoint: str | None = None, input_size=None, dev
     model = load_model(name, pretrained=False, checkpoint=checkpoint, device=device, **kwargs)
     src = model.vitlens_source
     lines = [f"{name}  ({type(model).__module__}.{type(model).__name__}, "
-             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, weights: {src['weights']})"]
+             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, weights: {_weights(src['weights'])})"]
     try:
         lines.append("  token layout: " + token_layout(model, input_size).describe())
     except UnsupportedModelError as e:
@@ -37,3 +37,8 @@ def model_info(name: str, *, checkpoint: str | None = None, input_size=None, dev
                      f"{', '.join(map(str, sorted(heads, key=str)))}), "
                      f"first {mods[0][0]}, last {mods[-1][0]}")
     return "\n".join(lines)
+
+
+def _weights(w: str) -> str:
+    """What the weights line means here: info builds the architecture only, unless given a checkpoint."""
+    return "not loaded (architecture only; pass --checkpoint to read one)" if w == "random" else w
