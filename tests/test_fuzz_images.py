@@ -145,7 +145,7 @@ _MODEL = build("vit")  # input 32 x 32
 
 
 @pytest.mark.filterwarnings("ignore")
-@settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(valid_images().map(lambda c: (c[0], c[1], True)),
                           damaged_images().map(lambda c: (*c, False)),
                           random_files().map(lambda c: (*c, False))), min_size=1, max_size=6),
