@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from vitlens.io import versions, write_json
 from vitlens.jobs.report import run_report
 
@@ -42,14 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in FIGURES:
             shutil.copyfile(rep / "figures" / name, out / name)
         record = json.loads((rep / "run.json").read_text())
-        import pandas as pd
         scores = pd.read_csv(rep / "data" / "rollout_scores.csv")
+        dist = pd.read_csv(rep / "data" / "attention_distance.csv")
+        local = {}
+        for m, g in dist.groupby("model", sort=False):
+            u = record["summary"][m]["uniform_attention_px"]
+            L = int(g.layer.max()) + 1
+            low = g[g.layer < max(1, L // 2)]
+            local[m] = {"local_fraction": record["local_fraction"], "lower_layers": max(1, L // 2),
+                        "local_heads_lower_layers": int((low.distance_px < record["local_fraction"] * u).sum()),
+                        "min_head_px": float(g.distance_px.min()), "uniform_px": u}
         rollout = {m: {"mask_share": float(g.mask_share.mean()), "mask_area": float(g.mask_area.mean()),
                        "pointing_hit": float(g.pointing_hit.mean()), "correct": float(g.correct.mean())}
                    for m, g in scores.groupby("model", sort=False)}
     write_json(out / "summary.json", {
         "command": " ".join(["python", "analyses/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
-        "images": record["images"], "locality": record["summary"], "rollout": rollout,
+        "images": record["images"], "locality": record["summary"], "rollout": rollout, "local_heads": local,
         "models": [{k: m.get(k) for k in ("name", "weights", "held_out_accuracy")} for m in record["models"]],
         "versions": versions()})
     print(f"wrote {len(FIGURES)} figures and summary.json to {out}")

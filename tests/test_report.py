@@ -166,3 +166,8 @@ def test_readme_numbers_are_the_figures_numbers():
                  f"({100 * s['rollout']['vitlens/vit-tiny-shapes-10pct']['pointing_hit']:.0f}% for the"):
         assert text in readme, text
     assert r["pointing_hit"] == 1.0 and "every one of the 200 images" in readme
+    full, less = s["local_heads"]["vitlens/vit-tiny-shapes"], s["local_heads"]["vitlens/vit-tiny-shapes-10pct"]
+    assert f"most local heads look {full['min_head_px']:.1f} and {less['min_head_px']:.1f} px" in readme
+    # "neither has a head below half the distance of even attention in any layer"
+    assert min(full["min_head_px"], less["min_head_px"]) > 0.5 * full["uniform_px"]
+    assert full["local_heads_lower_layers"] == less["local_heads_lower_layers"] == 0
