@@ -10,15 +10,13 @@ from typing import Sequence
 import pandas as pd
 
 from ..capture import attention_modules
-from ..data.images import Skipped
 from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, new_accumulator, stream_distance
 from ..distributed import context
-from ..errors import VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
-from ..resume import Interrupted, StopRequest, clear_partial, load_partial, partial_path, save_partial
+from ..resume import StopRequest, clear_partial
 from .common import args_record, display_name, images_for, load_models, model_record
-from .common import progress as progress_bar
+from .sharded import open_partial, sharded_pass
 
 __all__ = ["run_distance", "register", "PRODUCTS"]
 
@@ -52,11 +50,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     setup = {"models": [list(s) for s in specs], "images": [str(i) for i in images], "num_images": num_images,
              "sample": sample, "seed": seed, "prefix_tokens": prefix_tokens, "units": units,
              "random_init": random_init, "world": ctx.world}
-    ppath = partial_path(out, "distance", ctx.rank)
-    saved, meta = load_partial(ppath) if resume else ({}, {"setup": setup, "models": {}})
-    if meta["setup"] != setup:
-        raise VitlensError(f"--resume: the saved partial state in {ppath} is from another command "
-                           "(models, images or conventions differ); run that command again or drop --resume.")
+    partial = open_partial(out, "distance", ctx, setup, resume)
     record = RunRecord("distance", arguments=args_record(args) if args else {},
                        conventions={"prefix_tokens": prefix_tokens, "units": units, "precision": precision,
                                     "distance": "mean over query patches of the attention-weighted "
@@ -67,35 +61,11 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
         for mi, model in enumerate(models):
             imgs = images_for(model, ns)
             acc = new_accumulator(model, prefix_tokens=prefix_tokens, units=units)
-            mine = meta["models"].get(str(mi), {"done": [], "skipped": []})
-            if str(mi) in meta["models"]:
-                acc.load_state({k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"m{mi}/")})
-                imgs.skipped = [Skipped(**d) for d in mine["skipped"]]
-            done = set(mine["done"]) | {imgs.paths.index(Path(s.path)) for s in imgs.skipped}
-            shard = ctx.shard(range(len(imgs)))
-            todo = [i for i in shard if i not in done]
             name = display_name(model)
-            bar = progress_bar(None, total=len(shard), desc=f"distance {name}", enabled=progress and ctx.is_main)
-            bar.update(len(shard) - len(todo))
-            for idx in stream_distance(model, imgs, acc, batch_size=batch_size, indices=todo,
-                                       precision=precision, workers=workers):
-                done.update(idx)
-                bar.update(len(idx))
-                if stop.requested:
-                    bar.close()
-                    mine = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
-                    meta["models"][str(mi)] = mine
-                    saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
-                    save_partial(ppath, saved, meta)
-                    raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} "
-                                      f"images of {name}; partial sums saved in {ppath}. Run the same command "
-                                      "with --resume to continue.")
-            bar.close()
-            done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
-            meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
-            saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
-            acc.load_state(ctx.all_reduce(acc.state(), ops={"min": "min", "max": "max"}))
-            imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part}, key=lambda s: s.path)
+            sharded_pass(ctx, stop, partial, mi, acc, imgs,
+                         lambda todo: stream_distance(model, imgs, acc, batch_size=batch_size, indices=todo,
+                                                      precision=precision, workers=workers),
+                         desc=f"distance {name}", progress=progress, reduce_ops={"min": "min", "max": "max"})
             res = acc.result(model=name, layer_names=[n for n, _ in attention_modules(model)])
             imgs.check_used(res.n_images)
             if res.n_nonfinite.any():

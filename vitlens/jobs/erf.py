@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 import torch.nn as nn
 
-from ..data.images import Skipped, model_transform
+from ..data.images import model_transform
 from ..distributed import context
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
@@ -17,9 +17,9 @@ from ..layout import token_layout
 from ..precision import PRECISIONS
 from ..receptive_field import (INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField,
                                ReceptiveFieldAccumulator, stream_receptive_field)
-from ..resume import Interrupted, StopRequest, clear_partial, load_partial, partial_path, save_partial
+from ..resume import StopRequest, clear_partial
 from .common import args_record, display_name, images_for, load_models, model_record
-from .common import progress as progress_bar
+from .sharded import open_partial, sharded_pass
 
 __all__ = ["run_erf", "register", "PRODUCTS"]
 
@@ -80,12 +80,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
              "layers": list(layers) if layers else None, "objective": objective,
              "input_gradient": input_gradient, "unit_position": unit_position, "random_init": random_init,
              "precision": precision, "world": ctx.world}
-    ppath = partial_path(out, "erf", ctx.rank)
-    saved, meta = load_partial(ppath) if resume else ({}, {"setup": setup, "models": {}})
-    if meta["setup"] != setup:
-        raise VitlensError(f"--resume: the saved partial state in {ppath} is from another command "
-                           "(models, images, layers or conventions differ); run that command again or drop "
-                           "--resume.")
+    partial = open_partial(out, "erf", ctx, setup, resume)
     record = RunRecord("erf", arguments=args_record(args) if args else {}, seed=seed, processes=ctx.world,
                        models=[])
     results = []
@@ -97,34 +92,10 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
             acc = ReceptiveFieldAccumulator(model, layers, objective=objective, input_gradient=input_gradient,
                                             unit_position=unit_position, precision=precision)
             acc.prepare(model_transform(model, size)[1]["input_size"][-2:])
-            mine = meta["models"].get(str(mi), {"done": [], "skipped": []})
-            if str(mi) in meta["models"]:
-                acc.load_state({k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"m{mi}/")})
-                imgs.skipped = [Skipped(**d) for d in mine["skipped"]]
-            done = set(mine["done"]) | {imgs.paths.index(Path(s.path)) for s in imgs.skipped}
-            shard = ctx.shard(range(len(imgs)))
-            todo = [i for i in shard if i not in done]
-            bar = progress_bar(None, total=len(shard), desc=f"erf {name}", enabled=progress and ctx.is_main)
-            bar.update(len(shard) - len(todo))
-            for idx in stream_receptive_field(acc, imgs, batch_size=batch_size, indices=todo, workers=workers):
-                done.update(idx)
-                bar.update(len(idx))
-                if stop.requested:
-                    bar.close()
-                    done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
-                    meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
-                    saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
-                    save_partial(ppath, saved, meta)
-                    raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} "
-                                      f"images of {name}; partial sums saved in {ppath}. Run the same command "
-                                      "with --resume to continue.")
-            bar.close()
-            done.update({imgs.paths.index(Path(s.path)) for s in imgs.skipped})
-            meta["models"][str(mi)] = {"done": sorted(done), "skipped": [vars(s) for s in imgs.skipped]}
-            saved.update({f"m{mi}/{k}": v.copy() for k, v in acc.state().items()})
-            acc.load_state(ctx.all_reduce(acc.state()))
-            imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part},
-                                  key=lambda s: imgs.paths.index(Path(s.path)))
+            sharded_pass(ctx, stop, partial, mi, acc, imgs,
+                         lambda todo: stream_receptive_field(acc, imgs, batch_size=batch_size, indices=todo,
+                                                             workers=workers),
+                         desc=f"erf {name}", progress=progress)
             n = int(acc.n_images[0])
             imgs.check_used(n)
             res = acc.result(name)
