@@ -52,3 +52,12 @@ def tiny_vit() -> torch.nn.Module:
 def tiny_cnn() -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads and lose much to them on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

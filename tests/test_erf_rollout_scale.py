@@ -7,32 +7,21 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 import vitlens.jobs.erf as erf_job
-from vitlens.cli import main
+from cli_runs import run, torchrun
 from vitlens.data.shapes import save_images
 from vitlens.resume import partial_path
 
 N_GOOD = 7  # readable images; one more file is broken
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads and lose much to them on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +51,6 @@ def _rollout_args(images, out, *extra):
             "--out", str(out), "--method", "grad-rollout", "--deletion-steps", "3", "--sheet-max", "3",
             "--batch-size", "2", *extra]
 
-
-def run(argv):
-    with warnings.catch_warnings():  # the broken file's warning comes only once it is reached
-        warnings.simplefilter("ignore")
-        return main(argv)
-
-
-def torchrun(argv, nproc=2):
-    with socket.socket() as s:  # a free port, so that parallel test runs do not meet
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("torchrun")
-    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd + ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port",
-                              str(port), "-m", "vitlens", *argv], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
 
 
 @pytest.fixture(scope="module")

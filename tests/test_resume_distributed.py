@@ -6,32 +6,23 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 import vitlens.jobs.distance as job
-from vitlens.cli import main
+from cli_runs import run, torchrun
 from vitlens.resume import StopRequest, partial_path
 
 MODEL = "test_vit"  # timm's tiny test ViT: 160 px, 10 x 10 patches, 6 blocks of width 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads and lose much to them on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +39,6 @@ def _args(images, out, *extra):
     return ["distance", "--model", MODEL, "--random-init", "--images", str(images), "--out", str(out),
             "--batch-size", "2", *extra]
 
-
-def run(argv):
-    with warnings.catch_warnings():  # the bad file's warning comes only once it is reached
-        warnings.simplefilter("ignore")
-        return main(argv)
 
 
 def _csv(out):
@@ -147,17 +133,7 @@ def test_real_sigterm_saves_partial_state(tmp_path, images):
 
 
 def test_two_processes_write_the_one_process_files(tmp_path, images):
-    torchrun = shutil.which("torchrun")
-    cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:  # a free port, so that parallel test runs do not meet
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    r = subprocess.run(cmd + ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                              "-m", "vitlens",
-                              *_args(images, tmp_path / "two")], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun(_args(images, tmp_path / "two"))
     assert run(_args(images, tmp_path / "one")) == 0
     one, two = _csv(tmp_path / "one"), _csv(tmp_path / "two")
     assert (two["n_images"] == 9).all()
