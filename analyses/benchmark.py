@@ -46,6 +46,7 @@ generated shapes data set (:mod:`vitlens.data.shapes`) written to a temporary fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -68,13 +69,11 @@ MIB = 1024 * 1024
 
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
@@ -369,23 +368,19 @@ def machine_info(device: str) -> dict:
     import torch
 
     cpu = platform.processor() or "unknown"
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    except OSError:
-        pass
     info = {"cpu": cpu, "logical_cpus": os.cpu_count(),
             "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version(), "os": platform.platform(), "device": device}
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/meminfo") as f:
             info["memory_gib"] = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        pass
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info

@@ -7,6 +7,7 @@ Every error a user can cause is printed as one paragraph on stderr with a non-ze
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -121,10 +122,8 @@ def _say(msg: str) -> None:
 def _drop_if_empty(out: str | None, fresh: bool) -> None:
     """Remove an output folder this run created when it failed before writing anything into it."""
     if fresh and out and os.path.isdir(out) and not os.listdir(out):
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(out)
-        except OSError:
-            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import stat
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,10 +37,8 @@ def _create_temp(path: Path) -> Path:
         except FileExistsError:
             continue
         os.close(fd)
-        try:
+        with suppress(FileNotFoundError):  # a new file keeps open()'s mode
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        except FileNotFoundError:
-            pass
         return tmp
     raise FileExistsError(f"no free temporary name beside {path}")
 
