@@ -21,6 +21,7 @@ FAMILIES = {
     "clip": ("vit_base_patch16_clip_224", dict(img_size=32, patch_size=8, **SMALL), (32, 32)),
     "beit": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, **SMALL), (32, 32)),
     "eva02": ("eva02_tiny_patch14_224", dict(img_size=56, **SMALL), (56, 56)),
+    "eva_registers": ("vit_base_patch16_rope_reg1_gap_256", dict(img_size=32, patch_size=8, **SMALL), (32, 32)),
     "hybrid_r50": ("vit_base_r50_s16_224", dict(img_size=64, **SMALL), (64, 64)),
     "dynamic": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, dynamic_img_size=True, **SMALL), (48, 40)),
 }

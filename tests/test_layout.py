@@ -8,6 +8,7 @@ import timm
 import torch
 
 import vitlens
+from vitlens.distance import distance_matrix
 from conftest import FAMILIES, batch, build
 
 EXPECTED = {  # family -> (prefix kinds, grid, stride)
@@ -18,6 +19,7 @@ EXPECTED = {  # family -> (prefix kinds, grid, stride)
     "clip": (("cls",), (4, 4), (8.0, 8.0)),
     "beit": (("cls",), (4, 4), (8.0, 8.0)),
     "eva02": (("cls",), (4, 4), (14.0, 14.0)),
+    "eva_registers": (("reg",), (4, 4), (8.0, 8.0)),  # timm Eva: reg_token, no class token
     "hybrid_r50": (("cls",), (4, 4), (16.0, 16.0)),
     "dynamic": (("cls",), (6, 5), (8.0, 8.0)),
 }
@@ -43,7 +45,7 @@ def test_patch_centres_and_distances():
     c = layout.patch_centers()
     np.testing.assert_allclose(c[0], [8, 8])
     np.testing.assert_allclose(c[5], [24, 40])
-    d = layout.patch_distances()
+    d = distance_matrix(layout)
     assert d.shape == (6, 6)
     assert d[0, 5] == pytest.approx(np.hypot(16, 32))
     assert layout.patch_slice == slice(1, 7)

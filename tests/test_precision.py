@@ -33,11 +33,16 @@ def test_analyses_close_to_fp32(vit_and_images, precision):
     e1 = effective_receptive_field(model, x, progress=False)
     e2 = effective_receptive_field(model, x, progress=False, precision=precision)
     np.testing.assert_allclose(e2.spread_px, e1.spread_px, rtol=0.05)
+    # Plain rollout combines float32 maps whose rows are renormalised after the upcast: within 0.5%
+    # of the largest value (measured: 0.11% bf16, 0.01% fp16). Gradient rollout multiplies by
+    # gradients taken in the reduced precision: bf16's 8-bit mantissa leaves up to 6.5% there.
+    tolerance = {("rollout", "bf16"): 0.005, ("rollout", "fp16"): 0.005,
+                 ("grad-rollout", "bf16"): 0.08, ("grad-rollout", "fp16"): 0.01}
     for method in ("rollout", "grad-rollout"):
         r1 = attention_rollout(model, x, method=method).maps
         r2 = attention_rollout(model, x, method=method, precision=precision).maps
         assert r2.dtype == np.float64
-        np.testing.assert_allclose(r2, r1, atol=0.1 * np.abs(r1).max())
+        np.testing.assert_allclose(r2, r1, atol=tolerance[method, precision] * np.abs(r1).max())
 
 
 def test_callback_reduces_in_float32_under_autocast(vit_and_images):

@@ -351,7 +351,7 @@ def test_settings_and_models_that_cannot_be_rolled_out(tiny_cnn, tiny_vit):
 def test_result_frame_and_plot(tmp_path):
     model = sharpen(build("dynamic"))
     x = batch("dynamic", n=2)
-    r = attention_rollout(model, x, model_name="tiny")
+    r = attention_rollout(model, x, name="tiny")
     frame = r.to_frame()
     assert len(frame) == 2 * 30 and set(frame.image) == {"0", "1"}
     row = frame[(frame.image == "1") & (frame.row == 5) & (frame.col == 4)].iloc[0]

@@ -14,7 +14,8 @@ from .layout import TokenLayout, token_layout
 from .locality import Locality
 from .models import load_model, read_state_dict, zoo_models
 from .posembed import PositionEmbeddingSimilarity, position_embedding_similarity
-from .receptive_field import ReceptiveField, effective_receptive_field, theoretical_receptive_field
+from .receptive_field import ReceptiveField, effective_receptive_field
+from .theoretical_field import theoretical_receptive_field
 from .rollout import RolloutMaps, attention_rollout
 from .scores import deletion_curve, mask_share, pointing_hit
 

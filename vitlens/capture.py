@@ -106,7 +106,15 @@ class AttentionCapture:
         if not self._store:
             return []
         if self._maps is None:
-            self._maps = [torch.cat(c, dim=0) if len(c) > 1 else c[0] for c in self._chunks if c]
+            empty = [n for n, c in zip(self.names, self._chunks) if not c]
+            if len(empty) == len(self.names):
+                return []
+            if empty or len({len(c) for c in self._chunks}) > 1:
+                counts = ", ".join(f"{n}: {len(c)}" for n, c in zip(self.names, self._chunks))
+                raise UnsupportedModelError(
+                    "the captured layers ran a different number of times, so map i would not belong to "
+                    f"layer i ({counts} forward passes); capture only layers that every forward pass runs.")
+            self._maps = [torch.cat(c, dim=0) if len(c) > 1 else c[0] for c in self._chunks]
         return self._maps
 
     def _add(self, slot: int, attn: torch.Tensor) -> None:

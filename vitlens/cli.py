@@ -15,13 +15,15 @@ import warnings
 from typing import Callable, Sequence
 
 from .errors import VitlensError
+from .jobs.common import model_specs
 
 __all__ = ["main", "build_parser"]
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 
-def _common(models: bool = True, images: bool = False, out: bool = True) -> argparse.ArgumentParser:
+def _common(models: bool = True, images: bool = False, out: bool = True,
+            seed: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     if models:
@@ -32,6 +34,10 @@ def _common(models: bool = True, images: bool = False, out: bool = True) -> argp
                        help="local weights (safetensors, .pth, .pt, .bin) for the --model at the same "
                             "position; repeat in the order of --model")
         g.add_argument("--random-init", action="store_true", help="random weights (a baseline)")
+    if seed and (models or images):
+        g.add_argument("--seed", type=int, default=0,
+                       help="seed of --random-init weights and of --sample (default 0); the same seed "
+                            "gives the same random model in every command")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     g.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass")
     if out:
@@ -42,24 +48,10 @@ def _common(models: bool = True, images: bool = False, out: bool = True) -> argp
                        help="image file or folder (searched recursively); may repeat")
         g.add_argument("--num-images", type=int, metavar="N", help="use the first N images")
         g.add_argument("--sample", action="store_true", help="with --num-images: a seeded random sample")
-        g.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
         g.add_argument("--workers", type=int, default=0, metavar="N",
                        help="image-decoding worker processes (default 0: decode in the main process)")
     g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
-
-
-def model_specs(args: argparse.Namespace, required: bool = True) -> list[tuple[str, str | None]]:
-    """Pair ``--model`` with ``--checkpoint`` in order: ``[(name, checkpoint or None), ...]``."""
-    names = args.model or []
-    ckpts = args.checkpoint or []
-    if required and not names:
-        raise VitlensError("no model given: pass --model NAME (a timm name such as vit_base_patch16_224, "
-                           "or a shipped model listed by 'vitlens zoo').")
-    if len(ckpts) > len(names):
-        raise VitlensError(f"{len(ckpts)} --checkpoint given for {len(names)} --model; each checkpoint "
-                           "pairs with the --model at the same position.")
-    return [(n, ckpts[i] if i < len(ckpts) else None) for i, n in enumerate(names)]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -90,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitlens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", parents=[_common(out=False)],
+    p = sub.add_parser("info", parents=[_common(out=False, seed=False)],
                        help="print a model's token layout and attention blocks (no weights needed)")
     p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="input size (one value, or height width) for models that accept several")
@@ -134,11 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
-    if not debug:
-        warnings.filterwarnings("ignore", category=UserWarning, module="timm")
-        warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
     out = getattr(args, "out", None)
     fresh = out is not None and not os.path.exists(out)
+    saved_format = warnings.formatwarning
+    with warnings.catch_warnings():  # the filters and the format are the caller's again on return
+        if not debug:
+            warnings.filterwarnings("ignore", category=UserWarning, module="timm")
+            warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
+        try:
+            return _run(args, debug, out, fresh)
+        finally:
+            warnings.formatwarning = saved_format
+
+
+def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool) -> int:
     try:
         return int(args.func(args) or 0)
     except VitlensError as e:

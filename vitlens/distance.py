@@ -24,9 +24,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .batches import check_images, iter_batches, num_images
 from .capture import attention_modules, capture_attention
 from .layout import TokenLayout, token_layout
-from .precision import autocast
+from .modes import eval_mode
+from .models import model_name
+from .precision import autocast, float32_probabilities
 
 __all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance", "mean_attention_distance",
            "DistanceAccumulator", "AttentionDistance", "attention_distance", "stream_distance",
@@ -70,7 +73,8 @@ def mean_attention_distance(attn: torch.Tensor, layout: TokenLayout, *, prefix_t
     """Per-image, per-head mean attention distance of one layer.
 
     Args:
-        attn: ``[batch, head, query, key]`` probabilities over all tokens of ``layout``.
+        attn: ``[batch, head, query, key]`` probabilities over all tokens of ``layout``; bf16 or
+            fp16 maps are upcast and their rows renormalised first (see ``float32_probabilities``).
         layout: the token layout the maps were captured with.
         prefix_tokens: ``"renormalize"`` or ``"discard"`` (see module docstring).
         units: ``"px"``, ``"patches"`` or ``"fraction"``.
@@ -88,7 +92,7 @@ def mean_attention_distance(attn: torch.Tensor, layout: TokenLayout, *, prefix_t
     if dist is None:
         dist = torch.as_tensor(distance_matrix(layout, units), dtype=torch.float32, device=attn.device)
     p = layout.patch_slice
-    a = attn[..., p, p].float()                       # [batch, head, query, key] over patches only
+    a = float32_probabilities(attn)[..., p, p]        # [batch, head, query, key] over patches only
     per_query = torch.einsum("bhqk,qk->bhq", a, dist)  # [batch, head, query]
     corrupt = ~torch.isfinite(per_query).all(-1)       # [batch, head]: NaN or Inf in the maps
     if prefix_tokens == "renormalize":
@@ -289,31 +293,22 @@ class DistanceAccumulator:
                                  model=model, layer_names=tuple(layer_names))
 
 
-def _batches(images, batch_size: int, indices=None, workers: int = 0):
-    """Yield ``(inputs, image indices)`` from an ImageSet or a tensor ``[image, 3, height, width]``."""
-    if isinstance(images, torch.Tensor):
-        idx = list(range(images.shape[0])) if indices is None else list(indices)
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i:i + batch_size]
-            yield images[chunk], chunk
-    else:
-        yield from images.batches(batch_size, num_workers=workers, indices=indices)
-
-
 def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator", *, batch_size: int = 32,
                     indices=None, precision: str = "fp32", workers: int = 0):
     """Run ``images`` (all, or ``indices`` of them) through ``model`` into ``accumulator``.
 
-    A generator: it yields each batch's image indices once their maps are accumulated, so a caller
-    can show progress, stop between batches, or record what is done.
+    A generator: it yields each batch's file indices once their maps are accumulated, so a caller
+    can show progress, stop between batches, or record what is done. Hooks, the fused-attention
+    switch and eval mode are set for each batch's forward pass and undone before the batch is
+    yielded, so nothing the caller runs in between is counted and the model is as the caller left it.
     """
     device = next(model.parameters()).device
-    with torch.no_grad(), capture_attention(model, callback=accumulator.update):
-        for x, idx in _batches(images, batch_size, indices, workers):
+    for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
+        with torch.no_grad(), eval_mode(model), capture_attention(model, callback=accumulator.update):
             with autocast(device, precision):
                 model(x.to(device, non_blocking=True))
-            accumulator.flush()
-            yield idx
+        accumulator.flush()
+        yield idx
 
 
 def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
@@ -332,7 +327,7 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
     """Mean attention distance of every head of ``model`` over ``images``.
 
     Args:
-        model: a timm ViT in eval mode.
+        model: a ViT; it runs in eval mode inside the call and is left in the caller's mode.
         images: an :class:`~vitlens.data.ImageSet` or a tensor ``[image, 3, height, width]``
             already preprocessed for the model.
         batch_size: images per forward pass (results do not depend on it).
@@ -346,15 +341,14 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
     """
     from tqdm.auto import tqdm
 
-    from .models import model_source
-
+    check_images(images)
     if isinstance(images, torch.Tensor) and input_size is None:
         input_size = tuple(images.shape[-2:])
     acc = new_accumulator(model, input_size, prefix_tokens=prefix_tokens, units=units)
-    total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    total = num_images(images)
     with tqdm(total=total, desc="attention distance", unit="img", disable=not progress, leave=False) as bar:
         for idx in stream_distance(model, images, acc, batch_size=batch_size, precision=precision,
                                    workers=workers):
             bar.update(len(idx))
-    return acc.result(model=name or model_source(model).get("name", type(model).__name__),
+    return acc.result(model=model_name(model, name),
                       layer_names=[n for n, _ in attention_modules(model)])

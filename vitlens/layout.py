@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedModelError
 
-__all__ = ["TokenLayout", "token_layout"]
+__all__ = ["TokenLayout", "token_layout", "is_vit"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,6 @@ class TokenLayout:
         return self.prefix_kinds.index("cls") if self.has_class_token else None
 
     @property
-    def num_registers(self) -> int:
-        return self.prefix_kinds.count("reg")
-
-    @property
     def patch_slice(self) -> slice:
         """Slice of the token axis that holds the patch tokens, row-major over the grid."""
         return slice(self.num_prefix_tokens, self.num_tokens)
@@ -72,11 +68,6 @@ class TokenLayout:
         sy, sx = self.patch_stride
         ys, xs = np.meshgrid((np.arange(gh) + 0.5) * sy, (np.arange(gw) + 0.5) * sx, indexing="ij")
         return np.stack([ys.ravel(), xs.ravel()], axis=1)
-
-    def patch_distances(self) -> np.ndarray:
-        """Euclidean distance between every pair of patch centres in pixels, ``[query, key]``."""
-        c = self.patch_centers()
-        return np.sqrt(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,11 +84,28 @@ class TokenLayout:
                 f"of stride {stride} px; prefix tokens: {prefix}; {self.num_tokens} tokens in all")
 
 
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a ViT vitlens can lay out: a patch embedding with a grid and a list of blocks."""
+    pe = getattr(model, "patch_embed", None)
+    blocks = getattr(model, "blocks", None)
+    return pe is not None and hasattr(pe, "grid_size") and isinstance(blocks, (nn.Sequential, nn.ModuleList))
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     v = tuple(int(x) for x in v)
     return v[-2:] if len(v) >= 2 else (v[0], v[0])
+
+
+def _num_registers(model: nn.Module) -> int:
+    """Register tokens: timm's VisionTransformer says ``num_reg_tokens``; its Eva holds only
+    ``reg_token`` ``[1, register, dim]``."""
+    n = getattr(model, "num_reg_tokens", None)
+    if n is not None:
+        return int(n)
+    reg = getattr(model, "reg_token", None)
+    return int(reg.shape[1]) if reg is not None else 0
 
 
 def _prefix_kinds(model: nn.Module) -> tuple[str, ...]:
@@ -106,7 +114,7 @@ def _prefix_kinds(model: nn.Module) -> tuple[str, ...]:
         kinds.append("cls")
     if getattr(model, "dist_token", None) is not None:
         kinds.append("dist")
-    kinds += ["reg"] * int(getattr(model, "num_reg_tokens", 0) or 0)
+    kinds += ["reg"] * _num_registers(model)
     expected = getattr(model, "num_prefix_tokens", None)
     if expected is not None and expected != len(kinds):
         raise UnsupportedModelError(

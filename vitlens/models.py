@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .errors import ModelLoadError
 
-__all__ = ["load_model", "read_state_dict", "zoo_models", "ZooModel", "model_source"]
+__all__ = ["load_model", "read_state_dict", "zoo_models", "ZooModel", "model_source", "model_name"]
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO_PREFIX = "vitlens/"
@@ -58,6 +58,12 @@ def zoo_models() -> dict[str, ZooModel]:
 def model_source(model: nn.Module) -> dict:
     """Where a model's weights came from, as recorded by :func:`load_model` (empty if unknown)."""
     return dict(getattr(model, "vitlens_source", {}) or {})
+
+
+def model_name(model: nn.Module, name: str | None = None) -> str:
+    """The name results carry for ``model``: ``name`` when given, else the name it was loaded by
+    (``vit_tiny_patch16_224``, ``vitlens/vit-tiny-shapes``), else its class name."""
+    return name or model_source(model).get("name") or type(model).__name__
 
 
 # --------------------------------------------------------------------------- state dicts

@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedModelError
 from .layout import TokenLayout, token_layout
+from .models import model_name
 
 __all__ = [
     "PositionEmbeddingSimilarity",
@@ -172,11 +173,6 @@ def row_column_excess(similarity: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- reading the model
 
-def _model_name(model: nn.Module) -> str:
-    src = getattr(model, "vitlens_source", None) or {}
-    return str(src.get("name") or type(model).__name__)
-
-
 def _has_relative_bias(model: nn.Module) -> bool:
     return any(hasattr(m, "relative_position_bias_table") or getattr(m, "rel_pos_h", None) is not None
                or "RelPos" in type(m).__name__
@@ -190,7 +186,7 @@ def _has_rotary(model: nn.Module) -> bool:
 
 
 def _no_table_error(model: nn.Module, detail: str) -> UnsupportedModelError:
-    name = _model_name(model)
+    name = model_name(model)
     if name != type(model).__name__:
         name += f" ({type(model).__name__})"
     if _has_relative_bias(model):
@@ -224,7 +220,7 @@ def _target_layout(model: nn.Module, input_size) -> TokenLayout:
         grid = tuple(int(g) for g in pe.dynamic_feat_size(size))
         if min(grid) < 1:
             raise UnsupportedModelError(
-                f"an input of {size[0]} x {size[1]} px gives no patches for {_model_name(model)} "
+                f"an input of {size[0]} x {size[1]} px gives no patches for {model_name(model)} "
                 f"(patch stride {own.patch_stride[0]:g} px).")
         stride = own.patch_stride
         return TokenLayout(prefix_kinds=own.prefix_kinds, grid_size=grid, patch_stride=stride,
@@ -247,7 +243,7 @@ def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicu
 
     if getattr(model, "patch_embed", None) is None:
         raise UnsupportedModelError(
-            f"{_model_name(model)} ({type(model).__name__}) is not a ViT with a patch grid, so it has "
+            f"{model_name(model)} ({type(model).__name__}) is not a ViT with a patch grid, so it has "
             "no patch position embeddings to compare.")
     pos = getattr(model, "pos_embed", None)
     if pos is None:
@@ -277,7 +273,7 @@ def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicu
                 prefix_entries = own.num_prefix_tokens
             if length != n + prefix_entries:
                 raise UnsupportedModelError(
-                    f"the position table of {_model_name(model)} has {length} entries, but its token "
+                    f"the position table of {model_name(model)} has {length} entries, but its token "
                     f"layout has {n} patches ({gh} x {gw}) and {own.num_prefix_tokens} prefix tokens; "
                     "vitlens cannot tell which entries belong to which patch.")
             if target.grid_size != own.grid_size:
@@ -288,7 +284,7 @@ def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicu
             patches = table[:, prefix_entries:]
         else:
             raise UnsupportedModelError(
-                f"the position table of {_model_name(model)} has shape {tuple(table.shape)}; vitlens "
+                f"the position table of {model_name(model)} has shape {tuple(table.shape)}; vitlens "
                 "reads [1, prefix + patches, dim], [1, patches, dim] or [1, grid_h, grid_w, dim].")
         th, tw = target.grid_size
         emb = patches[0].reshape(th, tw, -1).cpu().double().numpy()
@@ -349,7 +345,7 @@ class PositionEmbeddingSimilarity:
         similarity: ``[grid_h, grid_w, grid_h, grid_w]`` float32; ``[i, j, k, l]`` is the cosine
             similarity of patch ``(i, j)``'s embedding with patch ``(k, l)``'s.
         embeddings: ``[grid_h, grid_w, dim]`` float32, the patch embeddings compared (after resampling).
-        model_name: the model's name.
+        model: the model's name.
         grid_size: ``(grid_h, grid_w)``.
         input_size: ``(height, width)`` in pixels the grid belongs to (None for hand-built tables).
         resampled_from: the stored table's input size ``(height, width)`` when it was resampled, else None.
@@ -363,7 +359,7 @@ class PositionEmbeddingSimilarity:
 
     similarity: np.ndarray
     embeddings: np.ndarray
-    model_name: str = ""
+    model: str = ""
     grid_size: tuple[int, int] = (0, 0)
     input_size: tuple[int, int] | None = None
     resampled_from: tuple[int, int] | None = None
@@ -404,7 +400,7 @@ class PositionEmbeddingSimilarity:
         flat = s.reshape(n, n)
         off = flat[~np.eye(n, dtype=bool)]
         return {
-            "model": self.model_name,
+            "model": self.model,
             "grid_size": list(self.grid_size),
             "input_size": list(self.input_size) if self.input_size else None,
             "resampled_from": list(self.resampled_from) if self.resampled_from else None,
@@ -449,7 +445,7 @@ class PositionEmbeddingSimilarity:
 
 def position_embedding_similarity(model: nn.Module, input_size: int | Sequence[int] | None = None, *,
                                   interpolation: str = "bicubic", antialias: bool = True,
-                                  model_name: str | None = None) -> PositionEmbeddingSimilarity:
+                                  name: str | None = None) -> PositionEmbeddingSimilarity:
     """Cosine similarity between the learned position embeddings of every pair of patches.
 
     Args:
@@ -459,7 +455,7 @@ def position_embedding_similarity(model: nn.Module, input_size: int | Sequence[i
             (and as a ``dynamic_img_size`` model does at that size).
         interpolation: resampling mode, timm's default ``"bicubic"`` (the ViT paper: linear).
         antialias: antialias when resampling, timm's default True.
-        model_name: name stored in the result (default: the name it was loaded with).
+        name: name stored in the result (default: the name it was loaded with).
 
     Returns:
         The result; ``result.similarity`` is ``[grid_h, grid_w, grid_h, grid_w]``, prefix-token
@@ -472,7 +468,7 @@ def position_embedding_similarity(model: nn.Module, input_size: int | Sequence[i
     t = _read_table(model, input_size, interpolation=interpolation, antialias=antialias)
     return PositionEmbeddingSimilarity.from_embeddings(
         t.embeddings,
-        model_name=model_name or _model_name(model),
+        model=model_name(model, name),
         input_size=tuple(t.layout.input_size),
         resampled_from=tuple(t.source_layout.input_size) if t.resampled else None,
         source_grid_size=tuple(t.source_layout.grid_size) if t.resampled else None,

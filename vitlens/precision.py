@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "check_precision"]
+__all__ = ["PRECISIONS", "autocast", "check_precision", "float32_probabilities"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,3 +27,18 @@ def autocast(device: torch.device | str, precision: str):
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
+
+
+def float32_probabilities(attn: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities ``[..., query, key]`` in float32 for reductions.
+
+    Maps formed in bf16 or fp16 are upcast and every row divided by its float32 sum over all keys:
+    a softmax row sums to one, and without this its rounding error (up to a few tenths of a percent
+    in bf16) would pass into every sum that does not renormalise (the ``discard`` convention, say).
+    float32 and float64 maps are returned as float32 unchanged.
+    """
+    if attn.dtype in (torch.float32, torch.float64):
+        return attn.float()
+    a = attn.float()
+    s = a.sum(-1, keepdim=True)
+    return a / torch.where(s > 0, s, torch.ones_like(s))

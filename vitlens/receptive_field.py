@@ -38,9 +38,9 @@ disagrees):
   sits where it sits in the whole model. Layers outside the default list are numbered in forward
   order among the measured layers instead.
 
-The model must be in eval mode (batch norm in training mode would mix images in a batch and make
-one image's gradient depend on the others); it is never switched, a model in training mode is
-refused. Gradients are taken with respect to the input only; parameter ``.grad`` is left alone.
+The model runs in eval mode inside every call (batch norm in training mode would mix the images of a
+batch and dropout would make gradients random) and is left in the caller's mode afterwards.
+Gradients are taken with respect to the input only; parameter ``.grad`` is left alone.
 
 Everything averaged is kept as sums over images (:class:`ReceptiveFieldAccumulator`), so the
 images can be split into parts (processes, or a run stopped and resumed) whose sums add up to
@@ -57,13 +57,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UnsupportedModelError, VitlensError
-from .layout import TokenLayout, token_layout
+from .batches import check_images, iter_batches, num_images
+from .block_outputs import default_layers
+from .errors import UnsupportedModelError
+from .field_geometry import pixel_distances, spread_and_radii
+from .layout import TokenLayout, is_vit, token_layout
+from .models import model_name
+from .modes import eval_mode
+from .outputs import OutputCapture, capture_outputs
 from .precision import autocast, check_precision
+from .theoretical_field import TheoreticalField, theoretical_receptive_field
 
-__all__ = ["ReceptiveField", "TheoreticalField", "ReceptiveFieldAccumulator", "effective_receptive_field",
-           "stream_receptive_field", "theoretical_receptive_field", "default_layers", "spread_and_radii",
-           "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
+__all__ = ["ReceptiveField", "ReceptiveFieldAccumulator", "effective_receptive_field",
+           "stream_receptive_field", "default_layers", "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
 
 Objective = Literal["sum", "relu_sum"]
 InputGradient = Literal["abs", "relu"]
@@ -71,8 +77,6 @@ UnitPosition = Literal["receptive_field", "grid"]
 OBJECTIVES = ("sum", "relu_sum")
 INPUT_GRADIENTS = ("abs", "relu")
 UNIT_POSITIONS = ("receptive_field", "grid")
-_VIT_NO_FIELD = ("attention mixes every token from the first block on, so the theoretical field is the "
-                 "whole input")
 
 
 # --------------------------------------------------------------------------- result
@@ -177,361 +181,7 @@ def _group(layers: Sequence[str], reasons: Sequence[str]) -> dict[str, list[str]
     return out
 
 
-# --------------------------------------------------------------------------- scalars from a map
-
-
-def _pixel_distances(size: tuple[int, int], centre: Sequence[float]) -> np.ndarray:
-    """Distance of every input pixel centre ``(y + 0.5, x + 0.5)`` from ``centre``, ``[height, width]``."""
-    h, w = size
-    ys = np.arange(h, dtype=np.float64) + 0.5 - float(centre[0])
-    xs = np.arange(w, dtype=np.float64) + 0.5 - float(centre[1])
-    return np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
-
-
-def spread_and_radii(weights: np.ndarray, centre: Sequence[float], quantiles: Sequence[float] = (0.5, 0.9),
-                     ) -> tuple[float, np.ndarray]:
-    """Mean radius and mass radii of a non-negative map ``[height, width]`` around ``centre``.
-
-    Args:
-        weights: non-negative mass per input pixel.
-        centre: ``(y, x)`` in pixels; pixel ``(i, j)`` sits at ``(i + 0.5, j + 0.5)``.
-        quantiles: fractions ``q`` of the mass, each in ``(0, 1]``.
-
-    Returns:
-        ``(spread, radii)``: ``sum g d / sum g`` over pixel-centre distances ``d``, and ``radii[k]``,
-        the smallest radius holding ``quantiles[k]`` of the mass, where each pixel's mass counts as
-        spread evenly over the radii ``[d - 0.5, d + 0.5]`` (a ring one pixel wide, clipped at 0),
-        so the enclosed mass grows piecewise linearly with the radius instead of in steps. This
-        matches the continuous closed forms (a Gaussian's ``r50 = 1.1774 sigma``) to about 1% from
-        ``sigma = 2`` px. NaN throughout for a map of zero mass.
-    """
-    g = np.asarray(weights, dtype=np.float64)
-    if g.ndim != 2:
-        raise ValueError(f"weights must be [height, width], got shape {g.shape}")
-    if (g < 0).any():
-        raise ValueError("weights must be non-negative")
-    q = np.asarray(quantiles, dtype=np.float64)
-    total = g.sum()
-    if not total > 0 or not np.isfinite(total):
-        return float("nan"), np.full(q.shape, np.nan)
-    d = _pixel_distances(g.shape, centre).ravel()
-    m = g.ravel() / total
-    spread = float((m * d).sum())
-    # Each pixel's mass is spread evenly over the radii [d - 0.5, d + 0.5] (clipped at 0): the
-    # enclosed mass F(r) is then piecewise linear with breakpoints at those ends.
-    lo, hi = np.maximum(d - 0.5, 0.0), d + 0.5
-    rate = m / (hi - lo)
-    pos = np.concatenate([lo, hi])
-    order = np.argsort(pos, kind="stable")
-    pos = pos[order]
-    slope = np.cumsum(np.concatenate([rate, -rate])[order])  # dF/dr just after each breakpoint
-    mass = np.concatenate([[0.0], np.cumsum(slope[:-1] * np.diff(pos))])
-    mass = np.maximum.accumulate(np.clip(mass, 0.0, 1.0))
-    mass[-1] = 1.0  # all mass lies within the farthest pixel's ring
-    radii = np.empty(q.shape)
-    for k, qk in enumerate(q):
-        if not 0.0 < qk <= 1.0:
-            raise ValueError(f"quantiles must be in (0, 1], got {qk}")
-        i = max(int(np.searchsorted(mass, qk, side="left")), 1)  # first breakpoint with F >= q
-        lo_r, hi_r, lo_m, hi_m = pos[i - 1], pos[i], mass[i - 1], mass[i]
-        radii[k] = hi_r if hi_m <= lo_m else lo_r + (qk - lo_m) / (hi_m - lo_m) * (hi_r - lo_r)
-    return spread, radii
-
-
-# --------------------------------------------------------------------------- theoretical field
-
-
-@dataclass(frozen=True)
-class TheoreticalField:
-    """The theoretical receptive field of a layer's units, per axis ``(y, x)``.
-
-    Attributes:
-        layer: module name.
-        size: side of the field in input pixels (ignoring image borders), ``(y, x)``.
-        jump: distance in input pixels between neighbouring units (the cumulative stride).
-        start: input position (pixel-centre coordinates) of the centre of unit 0's field; unit
-            ``i`` is centred at ``start + i * jump``.
-        reason: empty when the field is known; otherwise why it is not (then the rest is NaN).
-    """
-
-    layer: str
-    size: tuple[float, float] = (math.nan, math.nan)
-    jump: tuple[float, float] = (math.nan, math.nan)
-    start: tuple[float, float] = (math.nan, math.nan)
-    reason: str = ""
-
-    @property
-    def defined(self) -> bool:
-        return not self.reason
-
-    @property
-    def size_px(self) -> float:
-        """The side when the field is square (all timm ResNets and ConvNeXts), else NaN."""
-        return float(self.size[0]) if self.defined and self.size[0] == self.size[1] else math.nan
-
-    def centre(self, index: Sequence[int]) -> tuple[float, float]:
-        return (self.start[0] + index[0] * self.jump[0], self.start[1] + index[1] * self.jump[1])
-
-
-class _Unknown(Exception):
-    pass
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
-def _children_rules() -> dict[type, frozenset[str]]:
-    """Containers whose registration order is their forward order on the main path, and the
-    children that are residual shortcuts (skipped: their field lies inside the main path's)."""
-    rules: dict[type, frozenset[str]] = {nn.Sequential: frozenset()}
-    try:
-        from timm.models import resnet
-        rules.update({resnet.ResNet: frozenset(), resnet.BasicBlock: frozenset({"downsample"}),
-                      resnet.Bottleneck: frozenset({"downsample"})})
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from timm.models import convnext
-        rules.update({convnext.ConvNeXt: frozenset(), convnext.ConvNeXtStage: frozenset(),
-                      convnext.ConvNeXtBlock: frozenset({"shortcut"})})
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from timm.layers import Mlp
-        rules[Mlp] = frozenset()  # applied per position (1x1 convs, or Linear on channel-last maps)
-    except ImportError:  # pragma: no cover
-        pass
-    return rules
-
-
-def _is_pointwise(m: nn.Module) -> bool:
-    """Modules that act on each spatial position alone (the field is unchanged)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    kinds: list[type] = [_BatchNorm, nn.LayerNorm, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Linear]
-    try:
-        from timm.layers import DropBlock2d, DropPath, LayerNorm2d
-        kinds += [DropPath, DropBlock2d, LayerNorm2d]
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(m, tuple(kinds)):
-        return True
-    mod = type(m).__module__
-    return not list(m.children()) and (mod == "torch.nn.modules.activation"
-                                       or mod.startswith("timm.layers.activations"))
-
-
-def _kernel_op(m: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]] | None:
-    """``(kernel, stride, dilation, left padding)`` of a conv or pool, None for other modules."""
-    if isinstance(m, nn.Conv2d):
-        if type(m).__name__ == "Conv2dSame" or getattr(m, "dynamic_pad", False):
-            raise _Unknown(f"{type(m).__name__} pads by input size ('same' padding), so its alignment varies")
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
-        if isinstance(m.padding, str):  # torch's 'same' pads total//2 on the left; 'valid' nothing
-            p = tuple(d[a] * (k[a] - 1) // 2 for a in range(2)) if m.padding == "same" else (0, 0)
-        else:
-            p = _pair(m.padding)
-        return k, s, d, p
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride is not None else m.kernel_size)
-        d = _pair(getattr(m, "dilation", 1))
-        return k, s, d, _pair(m.padding)
-    return None
-
-
-def theoretical_receptive_field(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, TheoreticalField]:
-    """Theoretical receptive field of ``layers`` (default: :func:`default_layers`) from the convolution
-    arithmetic of Araujo et al. (Distill 2019), per axis::
-
-        size  += (dilation * (kernel - 1)) * jump
-        start += (dilation * (kernel - 1) / 2 - padding) * jump
-        jump  *= stride
-
-    starting from ``size = 1, jump = 1, start = 0.5`` (the centre of pixel 0). The modules are walked
-    in forward order along the main path: ``nn.Sequential`` and timm's ResNet (BasicBlock,
-    Bottleneck) and ConvNeXt (stages, blocks, Mlp); residual shortcuts (``downsample`` of a ResNet
-    block, ``shortcut`` of a ConvNeXt block) are skipped because their field lies inside the main
-    branch's. Normalisations over channels, activations, dropout and per-position linear layers
-    leave the field unchanged. Anything else (squeeze-excitation, global pooling, anti-aliasing,
-    'same' padding that depends on the input size, unknown containers, ViT attention) stops the
-    walk: the layers it reaches get NaN and the reason.
-    """
-    mods = dict(model.named_modules())
-    if layers is None:
-        layers = default_layers(model)
-    wanted = set(layers)
-    missing = [l for l in layers if l not in mods]
-    if missing:
-        raise UnsupportedModelError(f"{type(model).__name__} has no module named {', '.join(missing)}.")
-    if _is_vit(model):
-        return {l: TheoreticalField(l, reason=_VIT_NO_FIELD) for l in layers}
-
-    rules = _children_rules()
-    found: dict[str, TheoreticalField] = {}
-    # state per axis: [size, jump, start]
-    state = [[1.0, 1.0, 0.5], [1.0, 1.0, 0.5]]
-
-    def record(name: str) -> None:
-        if name in wanted and name not in found:
-            found[name] = TheoreticalField(name, size=(state[0][0], state[1][0]), jump=(state[0][1], state[1][1]),
-                                           start=(state[0][2], state[1][2]))
-
-    def visit(m: nn.Module, name: str) -> None:
-        if len(found) == len(wanted):
-            return
-        op = _kernel_op(m)
-        if op is not None:
-            k, s, d, p = op
-            for a in range(2):
-                size, jump, start = state[a]
-                span = d[a] * (k[a] - 1)
-                state[a] = [size + span * jump, jump * s[a], start + (span / 2 - p[a]) * jump]
-        elif _is_pointwise(m):
-            pass
-        elif type(m) in rules:
-            skip = rules[type(m)]
-            for child_name, child in m.named_children():
-                if child_name not in skip:
-                    visit(child, f"{name}.{child_name}" if name else child_name)
-        else:
-            raise _Unknown(f"the theoretical field of {type(m).__name__} ({name or 'the model'}) is not one "
-                           "vitlens derives")
-        record(name)
-
-    reason = ""
-    try:
-        visit(model, "")
-    except _Unknown as e:
-        reason = str(e)
-    for l in layers:
-        if l not in found:
-            found[l] = TheoreticalField(l, reason=reason or f"{l} is not on the main path vitlens walks")
-    return {l: found[l] for l in layers}
-
-
 # --------------------------------------------------------------------------- layers
-
-
-def _is_vit(model: nn.Module) -> bool:
-    pe = getattr(model, "patch_embed", None)
-    blocks = getattr(model, "blocks", None)
-    return pe is not None and hasattr(pe, "grid_size") and isinstance(blocks, (nn.Sequential, nn.ModuleList))
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """The layers measured by default: every ``blocks[i]`` of a ViT (token outputs), every level of a
-    timm CNN's ``feature_info`` (stage outputs; for ResNets also the stem ``act1``).
-
-    Raises:
-        UnsupportedModelError: neither applies; pass ``layers=`` with module names instead.
-    """
-    if _is_vit(model):
-        return [f"blocks.{i}" for i in range(len(model.blocks))]
-    info = getattr(model, "feature_info", None)
-    if info is not None:
-        entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-        mods = dict(model.named_modules())
-        names = []
-        for e in entries:
-            n = e.get("module", "") if isinstance(e, dict) else ""
-            n = n if n in mods else n.replace("_", ".")
-            if n in mods and n not in names:
-                names.append(n)
-        if names:
-            return names
-    raise UnsupportedModelError(
-        f"{type(model).__name__} is neither a timm ViT (patch_embed and blocks) nor a timm CNN with "
-        "feature_info, so vitlens does not know its stages; pass layers=[module names] instead.")
-
-
-# --------------------------------------------------------------------------- capture
-
-
-class _Stop(Exception):
-    """Raised from the last hook: the rest of the forward pass is not needed."""
-
-
-class _Outputs:
-    """Forward hooks on ``layers`` that keep each module's output; removed on exit."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], channels_last: bool):
-        self.model, self.layers, self.channels_last = model, list(layers), channels_last
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.order: list[str] = []
-        self._handles: list = []
-
-    def __enter__(self) -> "_Outputs":
-        mods = dict(self.model.named_modules())
-        try:
-            for name in self.layers:
-                self._handles.append(mods[name].register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            if name in self.outputs:
-                raise UnsupportedModelError(f"module {name} runs more than once per forward pass, so its "
-                                            "output is not one layer; measure another module.")
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            if not isinstance(output, torch.Tensor):
-                raise UnsupportedModelError(f"module {name} returns {type(output).__name__}, not a tensor.")
-            if self.channels_last and output.ndim == 4:
-                output = output.permute(0, 3, 1, 2)
-            self.outputs[name] = output
-            self.order.append(name)
-            if len(self.outputs) == len(self.layers):
-                raise _Stop
-        return hook
-
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.outputs, self.order = {}, []
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        missing = [n for n in self.layers if n not in self.outputs]
-        if missing:
-            raise UnsupportedModelError(f"modules {', '.join(missing)} did not run in the forward pass.")
-        return self.outputs
-
-
-# --------------------------------------------------------------------------- the analysis
-
-
-def _check_images(x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        raise ValueError(f"images must be a float tensor [image, 3, height, width], got "
-                         f"{x.dtype} {tuple(x.shape)}")
-
-
-def _batches(images, batch_size: int, indices: Sequence[int] | None = None,
-             workers: int = 0) -> Iterator[tuple[torch.Tensor, list[int]]]:
-    """``(inputs [batch, 3, height, width], image indices)`` from a tensor or an ImageSet-like
-    object (anything with ``batches(batch_size)``), over all images or only ``indices``."""
-    if isinstance(images, torch.Tensor):
-        _check_images(images)
-        idx = list(range(images.shape[0])) if indices is None else list(indices)
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i:i + batch_size]
-            yield (images[i:i + batch_size] if indices is None else images[chunk]), chunk
-        return
-    kwargs: dict = {}
-    if indices is not None:
-        kwargs["indices"] = list(indices)
-    if workers:
-        kwargs["num_workers"] = workers
-    for x, idx in images.batches(batch_size, **kwargs):
-        yield x, list(idx)
 
 
 @dataclass
@@ -560,7 +210,7 @@ def _setup_layer(name: str, out: torch.Tensor, input_size: tuple[int, int], layo
         patch = ci * gw + cj
         cy, cx = layout.patch_centers()[patch]
         return _Layer(name, "vit", (gh, gw), (ci, cj), layout.num_prefix_tokens + patch, (float(cy), float(cx)),
-                      torch.from_numpy(_pixel_distances(input_size, (cy, cx))))
+                      torch.from_numpy(pixel_distances(input_size, (cy, cx))))
     if out.ndim != 4:
         raise UnsupportedModelError(f"{name} returns shape {tuple(out.shape)}; the receptive field of a CNN "
                                     "layer needs a feature map [batch, channel, height, width].")
@@ -571,7 +221,7 @@ def _setup_layer(name: str, out: torch.Tensor, input_size: tuple[int, int], layo
     else:
         cy, cx = (ci + 0.5) * H / h, (cj + 0.5) * W / w
     return _Layer(name, "cnn", (h, w), (ci, cj), None, (float(cy), float(cx)),
-                  torch.from_numpy(_pixel_distances(input_size, (cy, cx))))
+                  torch.from_numpy(pixel_distances(input_size, (cy, cx))))
 
 
 class ReceptiveFieldAccumulator:
@@ -602,15 +252,8 @@ class ReceptiveFieldAccumulator:
             raise ValueError(f"input_gradient must be one of {INPUT_GRADIENTS}, got {input_gradient!r}")
         if unit_position not in UNIT_POSITIONS:
             raise ValueError(f"unit_position must be one of {UNIT_POSITIONS}, got {unit_position!r}")
-        training = [n or "the model" for n, m in model.named_modules() if m.training]
-        if training:
-            raise VitlensError(
-                f"{type(model).__name__} is in training mode ({training[0]}"
-                f"{' and others' if len(training) > 1 else ''}); batch norm and dropout would make each "
-                "image's gradient depend on the batch and on chance. Call model.eval() first (vitlens does "
-                "not switch it for you).")
         mods = dict(model.named_modules())
-        self.model, self.vit = model, _is_vit(model)
+        self.model, self.vit = model, is_vit(model)
         try:
             self.defaults = default_layers(model)
         except UnsupportedModelError:
@@ -643,8 +286,8 @@ class ReceptiveFieldAccumulator:
         if input_size is not None:
             self.prepare(input_size)
 
-    def _capture(self) -> _Outputs:
-        return _Outputs(self.model, self.layers, self.channels_last)
+    def _capture(self) -> OutputCapture:
+        return capture_outputs(self.model, self.layers, channels_last=self.channels_last)
 
     def _set_up(self, outs: dict[str, torch.Tensor], order: Sequence[str], input_size: tuple[int, int]) -> None:
         layout = token_layout(self.model, input_size) if self.vit else None
@@ -666,7 +309,7 @@ class ReceptiveFieldAccumulator:
                 raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
             return
         x = torch.zeros(1, 3, *size, device=self.device, dtype=self.dtype)
-        with torch.no_grad(), self._capture() as cap:
+        with torch.no_grad(), eval_mode(self.model), self._capture() as cap:
             outs = cap.run(x)
             self._set_up(outs, list(cap.order), size)
 
@@ -678,12 +321,13 @@ class ReceptiveFieldAccumulator:
         retaining the graph between layers. Images do not interact in eval mode, so the input
         gradient of the summed objective is every image's own gradient.
         """
-        _check_images(images)
+        check_images(images)
         x = images.to(device=self.device, dtype=self.dtype).detach().requires_grad_(True)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if self.setup is not None and size != self.input_size:
             raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
-        with torch.enable_grad(), autocast(self.device, self.precision), self._capture() as cap:
+        with torch.enable_grad(), eval_mode(self.model), autocast(self.device, self.precision), \
+                self._capture() as cap:
             outs = cap.run(x)
             if self.setup is None:
                 self._set_up(outs, list(cap.order), size)
@@ -755,8 +399,6 @@ class ReceptiveFieldAccumulator:
         Raises:
             ValueError: no image was added.
         """
-        from .models import model_source
-
         n = int(self.n_images[0])
         if self.setup is None or n == 0:
             raise ValueError("no images were added, so there is no receptive field to report")
@@ -797,7 +439,7 @@ class ReceptiveFieldAccumulator:
         }
         model = self.model
         return ReceptiveField(
-            model=name or model_source(model).get("name", type(model).__name__), kind="vit" if vit else "cnn",
+            model=model_name(model, name), kind="vit" if vit else "cnn",
             layers=tuple(order), depth=depth.astype(np.int64), depth_fraction=depth_fraction.astype(np.float64),
             spread_px=spread, r50_px=r50, r90_px=r90, spread_std_px=std, uniform_spread_px=uniform,
             theoretical_px=theo, theoretical_reason=reasons,
@@ -821,19 +463,18 @@ def stream_receptive_field(accumulator: ReceptiveFieldAccumulator, images, *, ba
         indices: the images to add (default: all).
         workers: image-decoding worker processes for an ImageSet.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for x, idx in _batches(images, batch_size, indices, workers):
+    for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
         accumulator.update(x)
         yield idx
 
 
 def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str] | None = None,
                               batch_size: int = 32, device: str | torch.device | None = None,
-                              progress: bool = True, objective: Objective = "sum",
+                              progress: bool = False, objective: Objective = "sum",
                               input_gradient: InputGradient = "abs",
                               unit_position: UnitPosition = "receptive_field",
-                              name: str | None = None, precision: str = "fp32") -> ReceptiveField:
+                              name: str | None = None, precision: str = "fp32",
+                              workers: int = 0) -> ReceptiveField:
     """Effective receptive field of ``layers`` of ``model`` over ``images``.
 
     For every batch: one forward pass with hooks on the layers (stopped after the last of them),
@@ -846,8 +487,9 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
     Args:
         model: a timm CNN (ResNet, ConvNeXt, any with ``feature_info``; models whose
             ``output_fmt`` is ``NHWC``, such as Swin, are read as feature maps), a timm ViT, or any
-            module whose ``layers`` return feature maps ``[batch, channel, h, w]``; in eval mode. It is not
-            moved or switched; its parameters' ``.grad`` are not touched.
+            module whose ``layers`` return feature maps ``[batch, channel, h, w]``. It runs in eval
+            mode inside the call and is left in the caller's mode; it is not moved and its
+            parameters' ``.grad`` are not touched.
         images: an :class:`~vitlens.data.images.ImageSet` (the model's own preprocessing) or a float
             tensor ``[image, 3, height, width]`` already preprocessed.
         layers: module names (default: :func:`default_layers`).
@@ -866,22 +508,23 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
         precision: forward and backward pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); the
             objective is summed in float32 and the input gradients, taken with respect to a float32
             input, are accumulated in float64.
+        workers: image-decoding worker processes for an ImageSet.
 
     Raises:
-        VitlensError: the model is in training mode.
         UnsupportedModelError: the layers cannot be found or do not return feature maps or tokens.
         ImageError: no image of an ImageSet could be read.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_images(images)
     acc = ReceptiveFieldAccumulator(model, layers, device=device, objective=objective,
                                     input_gradient=input_gradient, unit_position=unit_position,
                                     precision=precision)
-    total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    total = num_images(images)
     from tqdm.auto import tqdm
 
     with tqdm(total=total, desc="receptive field", unit="img", disable=not progress, leave=False) as bar:
-        for idx in stream_receptive_field(acc, images, batch_size=batch_size):
+        for idx in stream_receptive_field(acc, images, batch_size=batch_size, workers=workers):
             bar.update(len(idx))
     n = int(acc.n_images[0])
     if isinstance(images, torch.Tensor):

@@ -40,10 +40,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .batches import iter_batches
 from .capture import attention_modules, capture_attention
 from .errors import UnsupportedModelError, VitlensError
 from .layout import TokenLayout, token_layout
-from .precision import autocast, check_precision
+from .models import model_name
+from .modes import eval_mode
+from .precision import autocast, check_precision, float32_probabilities
 
 __all__ = [
     "RolloutMaps", "RolloutSettingsError", "attention_rollout", "iter_rollout",
@@ -198,6 +201,8 @@ class RolloutMaps:
         predicted: ``[image]`` argmax of the model output, or None when the output is not 2-D.
         target: ``[image]`` the explained class (given or predicted); plain rollout ignores it.
         model: the model's name.
+        indices: ``[image]`` each image's index in the input (tensor position or ImageSet file),
+            by which per-image inputs (targets, masks) are looked up.
     """
 
     maps: np.ndarray
@@ -213,6 +218,7 @@ class RolloutMaps:
     predicted: np.ndarray | None = None
     target: np.ndarray | None = None
     model: str = ""
+    indices: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -262,6 +268,7 @@ class RolloutMaps:
         """The images at positions ``order`` (in that order), same settings."""
         o = np.asarray(order, dtype=np.int64)
         return replace(self, maps=self.maps[o], names=tuple(self.names[i] for i in o),
+                       indices=tuple(self.indices[i] for i in o) if self.indices else (),
                        predicted=None if self.predicted is None else self.predicted[o],
                        target=None if self.target is None else self.target[o])
 
@@ -281,7 +288,9 @@ class RolloutMaps:
                    method=first.method, readout=first.readout, head_fusion=first.head_fusion,
                    discard_ratio=first.discard_ratio, residual_weight=first.residual_weight,
                    layers=first.layers, num_layers=first.num_layers, predicted=cat("predicted"),
-                   target=cat("target"), model=first.model)
+                   target=cat("target"), model=first.model,
+                   indices=tuple(i for p in parts for i in p.indices)
+                   if all(p.indices for p in parts) else ())
 
 
 # --------------------------------------------------------------------------- driver
@@ -335,16 +344,17 @@ def check_settings(method: str = "rollout", head_fusion: str = "mean", discard_r
             "rollout always averages clamp(grad * A, min=0) over heads and adds the identity.")
 
 
-def _targets(target_class, out: torch.Tensor, offset: int, n: int) -> torch.Tensor:
+def _targets(target_class, out: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """The class explained for each image of a batch: the prediction, one class for all, or the
+    per-image class looked up by each image's own index (never by its position among the images
+    that loaded, which shifts after a skipped file)."""
     width = out.shape[-1]
     if target_class is None:
         t = out.argmax(dim=-1)
     elif isinstance(target_class, (int, np.integer)):
-        t = torch.full((n,), int(target_class), dtype=torch.long)
+        t = torch.full((len(indices),), int(target_class), dtype=torch.long)
     else:
-        t = torch.as_tensor(np.asarray(target_class)[offset:offset + n], dtype=torch.long)
-        if t.numel() != n:
-            raise RolloutSettingsError(f"{len(target_class)} target classes given for more images than that.")
+        t = torch.as_tensor(np.asarray(target_class)[np.asarray(indices, dtype=np.int64)], dtype=torch.long)
     if ((t < 0) | (t >= width)).any():
         raise RolloutSettingsError(f"target class {t[(t < 0) | (t >= width)][0].item()} is out of range: "
                                    f"the model has {width} outputs.")
@@ -361,14 +371,13 @@ def _check_output(out, name: str, method: str) -> torch.Tensor:
 
 def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: list[int], *, method: str,
                head_fusion: str, discard_ratio: float, residual_weight: float, readout: str,
-               target_class, offset: int, precision: str = "fp32"):
-    n = x.shape[0]
+               target_class, indices: Sequence[int], precision: str = "fp32"):
     name = type(model).__name__
     if method == "rollout":
         state: dict[str, torch.Tensor | None] = {"joint": None}
 
         def fold(_layer: int, attn: torch.Tensor) -> None:
-            state["joint"] = rollout_step(state["joint"], attn.float(), head_fusion=head_fusion,
+            state["joint"] = rollout_step(state["joint"], float32_probabilities(attn), head_fusion=head_fusion,
                                           discard_ratio=discard_ratio, residual_weight=residual_weight,
                                           class_token_index=layout.class_token_index)
 
@@ -379,7 +388,7 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
             raise UnsupportedModelError(f"{name} ran without any attention block being captured.")
         if isinstance(out, torch.Tensor) and out.ndim == 2 and getattr(model, "num_classes", 1):
             predicted = out.argmax(dim=-1)
-            target = _targets(target_class, out, offset, n)
+            target = _targets(target_class, out, indices)
         else:
             predicted = target = None
     else:
@@ -389,100 +398,89 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
                 out = _check_output(model(x), name, method).float()
             maps = cap.maps
             predicted = out.argmax(dim=-1)
-            target = _targets(target_class, out, offset, n)
+            target = _targets(target_class, out, indices)
             score = out.gather(1, target[:, None]).sum()  # images are independent: one backward
             grads = torch.autograd.grad(score, maps, allow_unused=True)
         grads = [torch.zeros_like(m) if g is None else g for m, g in zip(maps, grads)]
-        joint = gradient_rollout([m.detach().float() for m in maps], [g.float() for g in grads])
+        joint = gradient_rollout([float32_probabilities(m.detach()) for m in maps], [g.float() for g in grads])
     pm = patch_map(joint, layout, readout)  # float64, non-negative by construction
     return (pm.cpu().numpy(), None if predicted is None else predicted.cpu().numpy(),
             None if target is None else target.detach().cpu().numpy())
 
 
-def _batches(images, model, batch_size: int, num_workers: int,
-             indices: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """``(inputs [batch, 3, height, width], image keys)`` over all images or only ``indices``."""
+def _inputs(images, model: nn.Module):
+    """``(images as a tensor [image, 3, height, width] or an ImageSet, one key per image)``."""
     from .data.images import ImageSet
 
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4:
             raise RolloutSettingsError(f"images must be [batch, 3, height, width], got {tuple(images.shape)}.")
-        idx = list(range(x.shape[0])) if indices is None else list(indices)
-
-        def chunks():
-            for i in range(0, len(idx), batch_size):
-                chunk = idx[i:i + batch_size]
-                yield (x[i:i + batch_size] if indices is None else x[chunk]), [str(j) for j in chunk]
-        return chunks()
-    imageset = images if isinstance(images, ImageSet) else ImageSet.for_model(model, images)
-    keys = image_keys(imageset.paths)
-
-    def from_files():
-        for xb, idx in imageset.batches(batch_size, num_workers=num_workers, indices=indices):
-            yield xb, [keys[i] for i in idx]
-    return from_files()
+        return x, [str(i) for i in range(x.shape[0])]
+    imageset = images if hasattr(images, "batches") else ImageSet.for_model(model, images)
+    return imageset, image_keys(imageset.paths)
 
 
 def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusion: str = "mean",
                  discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                  end_layer: int | None = None, target_class=None, readout: str = "auto",
-                 batch_size: int = 32, num_workers: int = 0, model_name: str = "",
+                 batch_size: int = 32, workers: int = 0, name: str | None = None,
                  indices: Sequence[int] | None = None,
                  precision: str = "fp32") -> Iterator[tuple[torch.Tensor, RolloutMaps]]:
     """Like :func:`attention_rollout`, one batch at a time: yields ``(images, RolloutMaps)`` per
     batch, the images being the preprocessed model inputs ``[batch, 3, height, width]``.
 
     ``indices`` restricts the run to those images (positions in the tensor or the image set's
-    files), in the order given; a per-image ``target_class`` is then indexed by them too."""
+    files), in the order given. A per-image ``target_class`` holds one class per image of the whole
+    input and is looked up by each image's own index. Each batch runs in eval mode with hooks set
+    for its forward pass only; the caller's mode is back before the batch is yielded."""
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
     check_precision(precision)
     if batch_size < 1:
         raise RolloutSettingsError(f"batch size must be at least 1, got {batch_size}.")
     num_layers = len(attention_modules(model))  # a clear error for CNNs, before any image is read
     layers = _layer_range(start_layer, end_layer, num_layers)
-    if model.training:
-        warnings.warn("the model is in training mode (dropout active); call model.eval() for "
-                      "deterministic maps", stacklevel=2)
+    source, keys = _inputs(images, model)
     if target_class is not None and not isinstance(target_class, (int, np.integer)):
-        target_class = np.asarray(target_class)
-        if indices is not None:
-            target_class = target_class[np.asarray(list(indices), dtype=np.int64)]
+        target_class = np.asarray(target_class).reshape(-1)
+        if len(target_class) != len(keys):
+            raise RolloutSettingsError(f"{len(target_class)} target classes given for {len(keys)} images; "
+                                       "give one per image (in input order) or one for all.")
     if method == "grad-rollout" and not getattr(model, "num_classes", 1):
         warnings.warn(f"{type(model).__name__} has no classifier (num_classes=0): gradient rollout "
                       "explains a unit of its pooled features instead of a class", stacklevel=2)
     device = next(model.parameters()).device
-    chunks = _batches(images, model, batch_size, num_workers, indices)
-    offset = 0
+    shown_name = model_name(model, name)
     layout = None
-    for x, names in chunks:
+    for x, idx in iter_batches(source, batch_size, indices=indices, workers=workers):
         x = x.to(device)
         if layout is None or layout.input_size != tuple(x.shape[-2:]):
             layout = token_layout(model, tuple(x.shape[-2:]))
             _resolve_readout(readout, layout)
-        pm, predicted, target = _run_batch(model, x, layout, layers, method=method, head_fusion=head_fusion,
-                                           discard_ratio=discard_ratio, residual_weight=residual_weight,
-                                           readout=readout, target_class=target_class, offset=offset,
-                                           precision=precision)
-        offset += x.shape[0]
+        with eval_mode(model):
+            pm, predicted, target = _run_batch(model, x, layout, layers, method=method, head_fusion=head_fusion,
+                                               discard_ratio=discard_ratio, residual_weight=residual_weight,
+                                               readout=readout, target_class=target_class, indices=idx,
+                                               precision=precision)
         plain = method == "rollout"
         yield x, RolloutMaps(
-            maps=pm, names=tuple(names), layout=layout, method=method,
+            maps=pm, names=tuple(keys[i] for i in idx), layout=layout, method=method,
             readout=_resolve_readout(readout, layout), head_fusion=head_fusion if plain else None,
             discard_ratio=discard_ratio if plain else None, residual_weight=residual_weight if plain else None,
             layers=tuple(layers), num_layers=num_layers, predicted=predicted, target=target,
-            model=model_name or type(model).__name__)
+            model=shown_name, indices=tuple(idx))
 
 
 def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusion: str = "mean",
                       discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                       end_layer: int | None = None, target_class=None, readout: str = "auto",
-                      batch_size: int = 32, num_workers: int = 0, model_name: str = "",
-                      precision: str = "fp32") -> RolloutMaps:
+                      batch_size: int = 32, workers: int = 0, name: str | None = None,
+                      precision: str = "fp32", progress: bool = False) -> RolloutMaps:
     """Rollout maps of every image, batched: one forward (and for gradients one backward) per batch.
 
     Args:
-        model: a timm ViT (see :func:`vitlens.capture.attention_modules`), left in its mode (use eval).
+        model: a ViT (see :func:`vitlens.capture.attention_modules`); it runs in eval mode inside
+            the call and is left in the caller's mode.
         images: a preprocessed tensor ``[batch, 3, height, width]`` (or one ``[3, height, width]``),
             an :class:`~vitlens.data.images.ImageSet`, or image paths/folders (read with the model's
             own preprocessing); unreadable files are skipped and recorded on the ImageSet.
@@ -492,14 +490,16 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         residual_weight: ``w`` in ``(1 - w) A + w I`` (plain rollout); 0.5 is the paper's.
         start_layer, end_layer: first and last attention block used (inclusive; negative counts from
             the end); all blocks by default.
-        target_class: the class explained by ``grad-rollout``: one int for all images, one per image,
-            or None for each image's predicted class. Plain rollout records it and ignores it.
+        target_class: the class explained by ``grad-rollout``: one int for all images, one per image
+            of the input (looked up by the image's index, so a skipped file shifts nothing), or None
+            for each image's predicted class. Plain rollout records it and ignores it.
         readout: ``"auto"``, ``"cls"`` or ``"patch_mean"`` (see :func:`patch_map`).
         batch_size: images per forward pass.
-        num_workers: image-decoding processes when reading files.
-        model_name: the name recorded in the result (default: the model's class name).
+        workers: image-decoding processes when reading files.
+        name: the name recorded in the result (default: the name the model was loaded by).
         precision: forward (and backward) pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); maps and
             gradients are cast to float32 before they are combined.
+        progress: show a progress bar.
 
     Returns:
         :class:`RolloutMaps` with one ``[grid_h, grid_w]`` map per image.
@@ -508,11 +508,18 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         UnsupportedModelError: a model without attention vitlens can read (a CNN, for instance).
         RolloutSettingsError: a setting out of range, or a target class the model does not have.
     """
-    parts = [part for _, part in iter_rollout(
+    from tqdm.auto import tqdm
+
+    stream = iter_rollout(
         model, images, method=method, head_fusion=head_fusion, discard_ratio=discard_ratio,
         residual_weight=residual_weight, start_layer=start_layer, end_layer=end_layer,
-        target_class=target_class, readout=readout, batch_size=batch_size, num_workers=num_workers,
-        model_name=model_name, precision=precision)]
+        target_class=target_class, readout=readout, batch_size=batch_size, workers=workers,
+        name=name, precision=precision)
+    parts = []
+    with tqdm(total=None, desc="rollout", unit="img", disable=not progress, leave=False) as bar:
+        for _, part in stream:
+            parts.append(part)
+            bar.update(len(part))
     if not parts:
         from .errors import ImageError
         raise ImageError("no image could be read, so there is nothing to roll out.")

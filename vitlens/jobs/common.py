@@ -13,10 +13,23 @@ from tqdm.auto import tqdm
 from ..data.images import ImageSet
 from ..layout import token_layout
 from ..models import load_model, model_source
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, VitlensError
 
-__all__ = ["load_models", "images_for", "progress", "model_record", "display_name", "args_record", "WorkerImages",
+__all__ = ["model_specs", "load_models", "images_for", "progress", "model_record", "display_name", "args_record",
            "distinct_names"]
+
+
+def model_specs(args: argparse.Namespace, required: bool = True) -> list[tuple[str, str | None]]:
+    """Pair ``--model`` with ``--checkpoint`` in order: ``[(name, checkpoint or None), ...]``."""
+    names = args.model or []
+    ckpts = args.checkpoint or []
+    if required and not names:
+        raise VitlensError("no model given: pass --model NAME (a timm name such as vit_base_patch16_224, "
+                           "or a shipped model listed by 'vitlens zoo').")
+    if len(ckpts) > len(names):
+        raise VitlensError(f"{len(ckpts)} --checkpoint given for {len(names)} --model; each checkpoint "
+                           "pairs with the --model at the same position.")
+    return [(n, ckpts[i] if i < len(ckpts) else None) for i, n in enumerate(names)]
 
 
 def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
@@ -25,9 +38,10 @@ def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = 
     ``seed`` so that a random baseline is the same from run to run."""
     models = []
     for name, ckpt in specs:
-        if random_init and ckpt is None:
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
             torch.manual_seed(seed)
-        models.append(load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device, **timm_kwargs))
+            models.append(load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device,
+                                     **timm_kwargs))
     return models
 
 
@@ -75,23 +89,6 @@ def model_record(model: nn.Module, input_size=None) -> dict:
 def args_record(args: argparse.Namespace) -> dict:
     """The command's arguments as plain JSON values (for the run record)."""
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
-
-
-class WorkerImages:
-    """An ImageSet whose ``batches(batch_size)`` decodes in ``workers`` DataLoader processes (the
-    interface the analyses take), with the set's record and skip checks passed through."""
-
-    def __init__(self, images: ImageSet, workers: int = 0):
-        self.images, self.workers = images, workers
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int, indices=None):
-        return self.images.batches(batch_size, num_workers=self.workers, indices=indices)
-
-    def check_used(self, n_used: int) -> None:
-        self.images.check_used(n_used)
 
 
 def distinct_names(models: Sequence[nn.Module]) -> list[str]:

@@ -8,24 +8,27 @@ from typing import Sequence
 
 import torch.nn as nn
 
+from ..precision import PRECISIONS
 from ..capture import attention_modules
 from ..distance import attention_distance
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
 from ..locality import Locality, locality
-from ..receptive_field import _is_vit, default_layers, effective_receptive_field
-from .common import (WorkerImages, args_record, display_name, distinct_names, images_for, load_models,
+from ..layout import is_vit
+from ..receptive_field import default_layers, effective_receptive_field
+from .common import (args_record, display_name, distinct_names, images_for, load_models,
                      model_record)
 
-__all__ = ["run_compare", "measure_locality", "register", "add_model_arguments", "model_pairs", "PRODUCTS"]
+__all__ = ["run_compare", "measure_locality", "register", "add_model_arguments", "model_pairs", "check_vit",
+           "check_cnn", "PRODUCTS"]
 
 PRODUCTS = ["locality.csv", "locality.png", "locality.svg", "run.json"]
 
 Spec = tuple[str, "str | None"]
 
 
-def _check_vit(model: nn.Module, flag: str = "--vit") -> None:
+def check_vit(model: nn.Module, flag: str = "--vit") -> None:
     try:
         token_layout(model)
         attention_modules(model)
@@ -33,8 +36,8 @@ def _check_vit(model: nn.Module, flag: str = "--vit") -> None:
         raise UnsupportedModelError(f"{flag} {display_name(model)}: {e} Pass CNNs with --cnn.") from None
 
 
-def _check_cnn(model: nn.Module, flag: str = "--cnn") -> None:
-    if _is_vit(model):
+def check_cnn(model: nn.Module, flag: str = "--cnn") -> None:
+    if is_vit(model):
         raise UnsupportedModelError(f"{flag} {display_name(model)} is a Vision Transformer; pass it with --vit, "
                                     "which measures its attention distance as well as its receptive field.")
     default_layers(model)
@@ -55,8 +58,8 @@ def measure_locality(vits: Sequence[nn.Module], cnns: Sequence[nn.Module], args:
                                    progress=progress, workers=workers)
             distances.append(d)
             rec["attention_distance"] = d.to_dict()
-        f = effective_receptive_field(model, WorkerImages(imgs, workers), batch_size=batch_size,
-                                      progress=progress, name=name, precision=precision)
+        f = effective_receptive_field(model, imgs, batch_size=batch_size, progress=progress, name=name,
+                                      precision=precision, workers=workers)
         fields.append(f)
         rec.update(receptive_field=f.to_dict(), images=imgs.record(f.n_images))
         if record is not None:
@@ -98,9 +101,9 @@ def run_compare(vit_specs: Sequence[Spec], cnn_specs: Sequence[Spec], images: Se
     vits = load_models(vit_specs, random_init=random_init, device=device, seed=seed)
     cnns = load_models(cnn_specs, random_init=random_init, device=device, seed=seed)
     for m in vits:
-        _check_vit(m)
+        check_vit(m)
     for m in cnns:
-        _check_cnn(m)
+        check_cnn(m)
     distinct_names(vits + cnns)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
     record = RunRecord("compare", arguments=args_record(args) if args else {}, seed=seed, models=[])
@@ -154,7 +157,7 @@ def register(subparsers, common) -> None:
                     "locality.png, locality.svg and run.json into --out.")
     add_model_arguments(p)
     p.add_argument("--random-init", action="store_true", help="random weights (a baseline)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward (and backward) pass precision (reductions in float32)")
 
     def _run(args):

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..precision import PRECISIONS
 from ..capture import attention_modules
 from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, new_accumulator, stream_distance
 from ..distributed import context
@@ -112,13 +113,13 @@ def register(subparsers, common) -> None:
                         "patches (default); discard: drop them without renormalising")
     p.add_argument("--units", choices=list(UNITS), default="px",
                    help="px: input pixels (default); patches: grid steps; fraction: of the image side")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward-pass precision; reductions are always float32")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the partial sums it saved in --out")
 
     def _run(args):
-        from ..cli import model_specs
+        from .common import model_specs
         run_distance(model_specs(args), args.images, args.out, random_init=args.random_init,
                      device=args.device, batch_size=args.batch_size, num_images=args.num_images,
                      sample=args.sample, seed=args.seed, prefix_tokens=args.prefix_tokens, units=args.units,

@@ -35,17 +35,18 @@ def _size(input_size) -> tuple[int, int] | None:
     return (s[0], s[0]) if len(s) == 1 else (s[0], s[1])
 
 
-def _load(spec: tuple[str, str | None], random_init: bool, device: str, size: tuple[int, int] | None) -> nn.Module:
+def _load(spec: tuple[str, str | None], random_init: bool, device: str, size: tuple[int, int] | None,
+          seed: int) -> nn.Module:
     """Load one model; a ViT that cannot take ``size`` is built again for it (timm resamples its
     position embedding). CNNs take any size as they are."""
-    (model,) = load_models([spec], random_init=random_init, device=device)
+    (model,) = load_models([spec], random_init=random_init, device=device, seed=seed)
     if size is None or getattr(model, "patch_embed", None) is None:
         return model
     try:
         token_layout(model, size)
         return model
     except UnsupportedModelError:
-        (model,) = load_models([spec], random_init=random_init, device=device, img_size=size)
+        (model,) = load_models([spec], random_init=random_init, device=device, seed=seed, img_size=size)
         return model
 
 
@@ -86,7 +87,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
     results = []
     with StopRequest() as stop:
         for mi, spec in enumerate(specs):
-            model = _load(spec, random_init, ctx.device, size)
+            model = _load(spec, random_init, ctx.device, size, seed)
             imgs = images_for(model, ns, input_size=size)
             name = display_name(model)
             acc = ReceptiveFieldAccumulator(model, layers, objective=objective, input_gradient=input_gradient,
@@ -151,7 +152,7 @@ def register(subparsers, common) -> None:
                    help="forward and backward pass precision (autocast); sums are float64")
 
     def _run(args):
-        from ..cli import model_specs
+        from .common import model_specs
         run_erf(model_specs(args), args.images, args.out, random_init=args.random_init, device=args.device,
                 batch_size=args.batch_size, num_images=args.num_images, sample=args.sample, seed=args.seed,
                 workers=args.workers, input_size=args.input_size, layers=args.layers, objective=args.objective,

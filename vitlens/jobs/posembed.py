@@ -82,7 +82,7 @@ def _size(input_size) -> tuple[int, int] | None:
 
 
 def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: bool = False,
-                 device: str = "cpu", input_size=None, tile_step: int | None = None,
+                 seed: int = 0, device: str = "cpu", input_size=None, tile_step: int | None = None,
                  overwrite: bool = False, args: argparse.Namespace | None = None,
                  verbose: bool = True) -> list[PositionEmbeddingSimilarity]:
     """Compute, draw and save position-embedding similarity for every model in ``specs``.
@@ -90,7 +90,7 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
     Args:
         specs: ``[(model name, checkpoint or None), ...]``.
         out: output folder; checked before any model is loaded.
-        random_init: random weights instead of pretrained ones.
+        random_init: random weights instead of pretrained ones, drawn from ``seed``.
         device: torch device to load the models on.
         input_size: None for each model's own table; ``(height, width)`` or one int resamples every
             table to that size with timm's resampling.
@@ -113,11 +113,11 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
     products = npy_names + [f"{FIGURE_STEM}.png", f"{FIGURE_STEM}.svg", SUMMARY_JSON, RUN_JSON]
     out = prepare_out_dir(out, products, overwrite=overwrite)
     record = RunRecord("posembed", args=args_record(args) if args is not None else
-                       {"models": [list(s) for s in specs], "random_init": random_init, "device": device,
+                       {"models": [list(s) for s in specs], "random_init": random_init, "seed": seed, "device": device,
                         "input_size": size, "tile_step": tile_step, "overwrite": overwrite})
 
-    models = load_models(specs, random_init=random_init, device=device)
-    results = [position_embedding_similarity(m, size, model_name=display_name(m)) for m in models]
+    models = load_models(specs, random_init=random_init, device=device, seed=seed)
+    results = [position_embedding_similarity(m, size, name=display_name(m)) for m in models]
 
     import matplotlib.pyplot as plt
 
@@ -156,9 +156,9 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
 
 
 def _command(args: argparse.Namespace) -> int:
-    from ..cli import model_specs
+    from .common import model_specs
 
-    run_posembed(model_specs(args), args.out, random_init=args.random_init, device=args.device,
+    run_posembed(model_specs(args), args.out, random_init=args.random_init, seed=args.seed, device=args.device,
                  input_size=args.input_size, tile_step=args.tile_step, overwrite=args.overwrite, args=args)
     return 0
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
+from ..precision import PRECISIONS
 from ..data.images import ImageSet
 from ..distance import attention_distance
 from ..errors import UnsupportedModelError, VitlensError
@@ -35,8 +36,8 @@ from ..models import zoo_models
 from ..receptive_field import effective_receptive_field
 from ..report_page import render_page
 from . import report_sections as sec
-from .common import WorkerImages, display_name, distinct_names, images_for, load_models, model_record, progress
-from .compare import _check_cnn, _check_vit, add_model_arguments, model_pairs
+from .common import display_name, distinct_names, images_for, load_models, model_record, progress
+from .compare import check_cnn, check_vit, add_model_arguments, model_pairs
 
 __all__ = ["run_report", "register", "DEFAULT_VITS", "DEFAULT_CNNS", "HELD_OUT_START", "LOCAL_FRACTION"]
 
@@ -110,7 +111,7 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, ma
     cfg = timm.data.resolve_data_config({}, model=model)
     by_key = dict(zip(image_keys(imgs.paths), imgs.paths))
     parts, shown = [], []
-    for x, part in iter_rollout(model, imgs, batch_size=batch_size, num_workers=workers, model_name=name,
+    for x, part in iter_rollout(model, imgs, batch_size=batch_size, workers=workers, name=name,
                                 precision=precision):
         parts.append(part)
         if sheet and len(shown) < SHEET_IMAGES:
@@ -190,9 +191,9 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
     models = load_models(vit_specs + cnn_specs, device=device, seed=seed)
     vit_models, cnn_models = models[:len(vit_specs)], models[len(vit_specs):]
     for m in vit_models:
-        _check_vit(m)
+        check_vit(m)
     for m in cnn_models:
-        _check_cnn(m)
+        check_cnn(m)
     distinct_names(models)
     _clear(out)
     steps = 1 + 4 * len(vit_models) + len(cnn_models) + 1  # images; distance, posembed, rollout, ERF; page
@@ -253,7 +254,7 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
     pos, skipped = [], []
     for m in vit_models:
         try:
-            pos.append(position_embedding_similarity(m, model_name=display_name(m)))
+            pos.append(position_embedding_similarity(m, name=display_name(m)))
         except UnsupportedModelError as e:
             skipped.append(f"{display_name(m)} ({e})")
         step(f"position embeddings {display_name(m)}")
@@ -298,8 +299,8 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
         erf_set = images_for(m, argparse.Namespace(**{**vars(image_args), "images": [str(p) for p in
                                                                                     sets[id(m)].paths[:erf_images]],
                                                       "num_images": None}))
-        fields.append(effective_receptive_field(m, WorkerImages(erf_set, workers), batch_size=batch_size,
-                                                progress=show_progress, name=display_name(m), precision=precision))
+        fields.append(effective_receptive_field(m, erf_set, batch_size=batch_size, progress=show_progress,
+                                                name=display_name(m), precision=precision, workers=workers))
         step(f"receptive field {display_name(m)}")
     res = locality(distances, fields)
     save_csv(data / "locality.csv", res.to_frame())
@@ -370,7 +371,7 @@ def register(subparsers, common) -> None:
                         "per layer each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward (and backward) pass precision of every analysis (reductions in float32)")
     p.add_argument("--local-fraction", type=float, default=LOCAL_FRACTION, metavar="F",
                    help=f"a head is local below F times the distance of uniform attention (default {LOCAL_FRACTION})")

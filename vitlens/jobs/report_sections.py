@@ -74,10 +74,10 @@ def posembed_section(results, skipped: Sequence[str]) -> Section:
         row = ("cannot be compared by row and column" if not math.isfinite(rc) else
                f"patches in the same row or column have a mean similarity {abs(rc):.2f} "
                f"{'above' if rc >= 0 else 'below'} that of other patches")
-        lines.append(f"{r.model_name}: similarity {_trend(corr)}, and {row}.")
-        numbers += [(f"{r.model_name}: correlation of similarity with distance", f"{corr:+.3f}"),
-                    (f"{r.model_name}: same row/column minus other patches", f"{rc:+.3f}")]
-        notes += [f"{r.model_name}: {n}" for n in r.notes]
+        lines.append(f"{r.model}: similarity {_trend(corr)}, and {row}.")
+        numbers += [(f"{r.model}: correlation of similarity with distance", f"{corr:+.3f}"),
+                    (f"{r.model}: same row/column minus other patches", f"{rc:+.3f}")]
+        notes += [f"{r.model}: {n}" for n in r.notes]
     notes += [f"not shown: {s}" for s in skipped]
     return Section(
         "Position-embedding similarity",

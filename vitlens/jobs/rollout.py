@@ -131,8 +131,8 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
             for x, part in iter_rollout(model, imageset, method=method, head_fusion=head_fusion,
                                         discard_ratio=discard_ratio, residual_weight=residual_weight,
                                         start_layer=start_layer, end_layer=end_layer, target_class=target_class,
-                                        readout=readout, batch_size=batch_size, num_workers=workers,
-                                        model_name=name, indices=shard, precision=precision):
+                                        readout=readout, batch_size=batch_size, workers=workers,
+                                        name=name, indices=shard, precision=precision):
                 shown = to_display(x, cfg["mean"], cfg["std"])  # [batch, height, width, 3]
                 for i, key in enumerate(part.names):
                     label = key if part.target is None or method == "rollout" else f"{key} (class {part.target[i]})"
@@ -213,7 +213,7 @@ def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[Rollo
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from ..cli import model_specs
+    from .common import model_specs
 
     rec = run_rollout(model_specs(args), args.images, args.out, method=args.method, head_fusion=args.head_fusion,
                       discard_ratio=args.discard_ratio, residual_weight=args.residual_weight,

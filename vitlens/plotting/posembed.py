@@ -113,7 +113,7 @@ def plot_position_embedding_similarity(results, *, tile_step: int | None = None,
             side.set_visible(False)
         ax.set_xlabel("Input patch column")
         ax.set_ylabel("Input patch row")
-        title = f"{res.model_name or 'position embeddings'}"
+        title = f"{res.model or 'position embeddings'}"
         sub = f"{gh} x {gw} patches" + (f", tiles of every {_ordinal(step)} row and column" if step > 1 else "")
         if show_summary:
             s = res.summary()
