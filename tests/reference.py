@@ -69,3 +69,50 @@ def recompute_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
         for h in handles:
             h.remove()
     return out
+
+
+# --------------------------------------------------------------------------- CKA, written out literally
+
+def hsic1_literal(K, L) -> float:
+    """Unbiased HSIC (Song et al. 2012) of two ``[n, n]`` Gram matrices, with explicit loops:
+    ``[tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))``."""
+    n = len(K)
+    Kt = [[0.0 if i == j else float(K[i][j]) for j in range(n)] for i in range(n)]
+    Lt = [[0.0 if i == j else float(L[i][j]) for j in range(n)] for i in range(n)]
+    trace = sum(Kt[i][j] * Lt[j][i] for i in range(n) for j in range(n))
+    sum_k = sum(Kt[i][j] for i in range(n) for j in range(n))
+    sum_l = sum(Lt[i][j] for i in range(n) for j in range(n))
+    ones_kl_ones = sum(Kt[i][j] * Lt[j][k] for i in range(n) for j in range(n) for k in range(n))
+    return (trace + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * ones_kl_ones / (n - 2)) / (n * (n - 3))
+
+
+def hsic0_literal(K, L) -> float:
+    """The biased HSIC estimator ``tr(K H L H) / (n - 1)^2`` with ``H = I - 11'/n``, with loops."""
+    n = len(K)
+    H = [[(1.0 if i == j else 0.0) - 1.0 / n for j in range(n)] for i in range(n)]
+
+    def mm(A, B):
+        return [[sum(A[i][k] * B[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+
+    M = mm(mm(mm([[float(v) for v in row] for row in K], H), [[float(v) for v in row] for row in L]), H)
+    return sum(M[i][i] for i in range(n)) / (n - 1) ** 2
+
+
+def linear_gram_literal(X) -> list[list[float]]:
+    """``K[i][j] = sum_f X[i][f] X[j][f]`` for features ``X`` ``[n, features]``."""
+    rows = [[float(v) for v in x] for x in X]
+    return [[sum(a * b for a, b in zip(ri, rj)) for rj in rows] for ri in rows]
+
+
+def minibatch_cka_literal(batches_a, batches_b, hsic=hsic1_literal) -> float:
+    """Minibatch CKA of one layer pair: ``batches_a``, ``batches_b`` are lists of per-minibatch
+    features ``[n, features]`` (the same images in the same order);
+    ``mean_k hsic(K_k, L_k) / sqrt(mean_k hsic(K_k, K_k) mean_k hsic(L_k, L_k))``."""
+    kl = kk = ll = 0.0
+    for xa, xb in zip(batches_a, batches_b):
+        K, L = linear_gram_literal(xa), linear_gram_literal(xb)
+        kl += hsic(K, L)
+        kk += hsic(K, K)
+        ll += hsic(L, L)
+    m = len(batches_a)
+    return (kl / m) / ((kk / m) * (ll / m)) ** 0.5

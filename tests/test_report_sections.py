@@ -15,8 +15,8 @@ from PIL import Image
 from conftest import batch, build
 from vitlens.cli import main
 from vitlens.distance import attention_distance
-from vitlens.jobs import report_sections as sec
-from vitlens.jobs.report import _model_mask
+from vitlens.report import sections as sec
+from vitlens.data.masks import model_mask as _model_mask
 
 
 @pytest.fixture(scope="module")

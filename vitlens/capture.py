@@ -1,16 +1,14 @@
-"""capture_attention(): exact per-head attention probabilities from timm ViTs through hooks.
+"""capture_attention(): exact per-head attention probabilities from ViTs through hooks.
 
-timm's attention modules compute ``softmax(q k^T * scale + bias)`` and pass it through
-``attn_drop`` only on their explicit path; with fused attention (timm's default) the
-probabilities are never formed. On entry the context switches every known attention module to
-the explicit path and hooks the *input* of its ``attn_drop`` (probabilities before dropout); on
-exit it removes every hook and restores every ``fused_attn`` flag, also when the body raises.
-The model is not otherwise changed: no ``eval()``, no rewritten modules.
+The model's family adapter (:func:`vitlens.families.adapter_for`: timm, Hugging Face transformers,
+torchvision, open_clip) knows where each attention block forms its post-softmax probabilities and
+how to switch the library's fast path (fused or flash attention) to the explicit one. On entry the
+context does that and hooks every block; on exit it removes every hook and restores every flag, also
+when the body raises. The model is not otherwise changed: no ``eval()``, no rewritten modules.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Iterator
@@ -20,66 +18,21 @@ import torch.nn as nn
 
 from .errors import UnsupportedModelError
 
-__all__ = ["AttentionCapture", "capture_attention", "attention_modules", "KNOWN_ATTENTION"]
-
-# Attention classes whose explicit path is softmax(...) -> attn_drop -> @ v, with a fused_attn flag.
-_KNOWN = [
-    ("timm.layers.attention", "Attention"),
-    ("timm.layers.attention", "AttentionRope"),
-    ("timm.models.vision_transformer", "Attention"),
-    ("timm.models.vision_transformer", "ParallelScalingBlock"),
-    ("timm.models.beit", "Attention"),
-    ("timm.models.eva", "EvaAttention"),
-]
-
-
-def _known_classes() -> tuple[type, ...]:
-    found = []
-    for mod, name in _KNOWN:
-        try:
-            cls = getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            continue
-        if cls not in found:
-            found.append(cls)
-    return tuple(found)
-
-
-KNOWN_ATTENTION: tuple[type, ...] = _known_classes()
+__all__ = ["AttentionCapture", "capture_attention", "attention_modules"]
 
 AttentionCallback = Callable[[int, torch.Tensor], None]
-
-
-def _is_known(module: nn.Module) -> bool:
-    return (isinstance(module, KNOWN_ATTENTION) and hasattr(module, "fused_attn")
-            and isinstance(getattr(module, "attn_drop", None), nn.Module))
-
-
-def _looks_like_attention(module: nn.Module) -> bool:
-    name = type(module).__name__.lower()
-    return "attention" in name or name.endswith("attn") or hasattr(module, "fused_attn")
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The attention modules vitlens can read, as ``(qualified name, module)`` in forward order.
 
     Raises:
-        UnsupportedModelError: the model has no attention module vitlens knows; the message names
-            the module types it found instead.
+        UnsupportedModelError: the model has no attention module vitlens knows (a CNN, or attention
+            code no family adapter reads exactly); the message says which.
     """
-    found = [(n, m) for n, m in model.named_modules() if _is_known(m)]
-    if found:
-        return found
-    others = sorted({type(m).__name__ for _, m in model.named_modules() if _looks_like_attention(m)})
-    if others:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has attention modules of type {', '.join(others)}, which vitlens "
-            "does not know how to read exactly; supported are timm's "
-            + ", ".join(sorted({c.__module__.split('.')[-1] + '.' + c.__name__ for c in KNOWN_ATTENTION}))
-            + ".")
-    raise UnsupportedModelError(
-        f"{type(model).__name__} has no attention modules: it is not a Vision Transformer, so "
-        "attention cannot be captured from it (for CNNs use the receptive-field analysis).")
+    from .families import adapter_for
+
+    return [(b.name, b.module) for b in adapter_for(model).attention_blocks()]
 
 
 class AttentionCapture:
@@ -151,7 +104,7 @@ def capture_attention(
     """Capture every head's post-softmax attention (before dropout) during forward passes.
 
     Args:
-        model: a timm ViT (any family whose attention vitlens knows, see ``KNOWN_ATTENTION``).
+        model: a ViT of any family vitlens knows (timm, transformers, torchvision, open_clip).
         layers: indices of the attention blocks to keep (negative counts from the end); all by default.
         callback: called as ``callback(layer_index, attn)`` with ``attn`` ``[batch, head, query, key]``
             for every captured layer of every forward pass; when given, nothing is stored, so memory
@@ -167,49 +120,22 @@ def capture_attention(
         UnsupportedModelError: no attention module vitlens knows, or a known module ran without
             forming its probabilities.
     """
-    mods = attention_modules(model)
-    keep = _select(layers, len(mods))
-    cap = AttentionCapture([mods[i][0] for i in keep], keep, len(mods), store=callback is None)
-    saved_flags = [(m, m.fused_attn) for _, m in mods]
-    handles = []
-    ran = [0] * len(keep)
-    fired = [0] * len(keep)
+    from .families import adapter_for
 
-    def make_hooks(slot: int, layer: int):
-        def on_probs(_module, args):
-            attn = args[0]
-            fired[slot] += 1
-            if detach:
-                attn = attn.detach()
-            if callback is not None:
-                with torch.autocast(device_type=attn.device.type, enabled=False):  # reductions in float32
-                    callback(layer, attn)
-            else:
-                cap._add(slot, attn)
+    adapter = adapter_for(model)
+    blocks = adapter.attention_blocks()
+    keep = _select(layers, len(blocks))
+    cap = AttentionCapture([blocks[i].name for i in keep], keep, len(blocks), store=callback is None)
+    slot = {layer: i for i, layer in enumerate(keep)}
 
-        def on_forward(_module, _args, _output):
-            ran[slot] += 1
+    def emit(layer: int, attn: torch.Tensor) -> None:
+        if detach:
+            attn = attn.detach()
+        if callback is not None:
+            with torch.autocast(device_type=attn.device.type, enabled=False):  # reductions in float32
+                callback(layer, attn)
+        else:
+            cap._add(slot[layer], attn)
 
-        return on_probs, on_forward
-
-    try:
-        for _, m in mods:
-            m.fused_attn = False
-        for slot, layer in enumerate(keep):
-            module = mods[layer][1]
-            on_probs, on_forward = make_hooks(slot, layer)
-            handles.append(module.attn_drop.register_forward_pre_hook(on_probs))
-            handles.append(module.register_forward_hook(on_forward))
+    with adapter.exact_attention(keep, emit):
         yield cap
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in saved_flags:
-            m.fused_attn = flag
-    for slot, layer in enumerate(keep):
-        if ran[slot] and fired[slot] < ran[slot]:
-            name, module = mods[layer]
-            raise UnsupportedModelError(
-                f"attention module {name} ({type(module).__module__}.{type(module).__name__}) ran "
-                "without forming attention probabilities, so vitlens cannot capture it exactly; "
-                "this timm version's attention code is not one vitlens knows.")

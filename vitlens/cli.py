@@ -12,14 +12,25 @@ import os
 import sys
 import textwrap
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import VitlensError
-from .jobs.common import model_specs
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMAND_HELP"]
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+# The one-line help of every analysis command, listed by ``vitlens --help`` without importing the
+# command (and so torch); each command's own module registers the same line (a test checks).
+COMMAND_HELP = {
+    "report": "every analysis as one HTML page (default: the shipped models, offline)",
+    "distance": "mean attention distance by depth (ViT paper Fig. 7 right; Raghu et al.)",
+    "posembed": "cosine similarity of the patches' learned position embeddings (ViT paper, Fig. 7 centre)",
+    "rollout": "attention rollout maps (plain or gradient-weighted) with overlays",
+    "erf": "effective receptive field by depth, CNNs and ViTs (Luo et al.; Raghu et al. Fig. 6)",
+    "compare": "ViT attention distance against ViT and CNN receptive fields, on one axis in pixels",
+    "cost": "parameters, FLOPs, peak memory and throughput of ViTs and CNNs by input size",
+    "filters": "principal components of the RGB patch-embedding filters (ViT paper Fig. 7 left)",
+    "cka": "layer-by-layer CKA between one model and itself or two models (Raghu et al. 2021)",
+}
 
 
 def _common(models: bool = True, images: bool = False, out: bool = True,
@@ -43,6 +54,8 @@ def _common(models: bool = True, images: bool = False, out: bool = True,
     if out:
         g.add_argument("--out", metavar="DIR", required=True, help="output folder")
         g.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+        g.add_argument("--pdf", action="store_true",
+                       help="also write every figure as PDF (vector), beside its PNG")
     if images:
         g.add_argument("--images", action="append", metavar="PATH", required=True,
                        help="image file or folder (searched recursively); may repeat")
@@ -55,6 +68,7 @@ def _common(models: bool = True, images: bool = False, out: bool = True,
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .jobs.common import model_specs
     from .jobs.info import model_info
     for name, ckpt in model_specs(args):
         print(model_info(name, checkpoint=ckpt, input_size=args.input_size, device=args.device))
@@ -67,14 +81,20 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if not zoo:
         print("no shipped models in this installation")
         return 0
+    from .jobs.info import describe_architecture
+    from .models import load_model
+
     width = max(len(n) for n in zoo)
     for name, z in zoo.items():
         acc = f"{100 * z.accuracy:.2f}%" if z.accuracy is not None else "n/a"
-        print(f"{name:<{width}}  {z.architecture:<28}  held-out accuracy {acc:>7}  {z.description}")
+        print(f"{name:<{width}}  held-out accuracy {acc:>7}  {z.description}\n{'':<{width}}  "
+              f"architecture: {describe_architecture(load_model(name))}; weights bundled")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only that analysis command is fully built (its module is
+    imported) and the others are listed by name and help alone."""
     from . import __version__
     parser = argparse.ArgumentParser(
         prog="vitlens", description="See inside Vision Transformers: attention distance, position "
@@ -83,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", parents=[_common(out=False, seed=False)],
-                       help="print a model's token layout and attention blocks (no weights needed)")
+                       help="print a model's token layout and attention blocks (the shipped models with "
+                            "their bundled weights)")
     p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="input size (one value, or height width) for models that accept several")
     p.set_defaults(func=_cmd_info)
@@ -92,18 +113,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_zoo)
 
-    for register in _SUBCOMMANDS:
-        register(sub, _common)
+    from .jobs import register_function
+    for name, text in COMMAND_HELP.items():
+        if command is None or command == name:
+            register_function(name)(sub, _common)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
-# Analysis subcommands register themselves here: each is f(subparsers, common) -> None.
-_SUBCOMMANDS: list[Callable] = []
+def _command_of(argv: Sequence[str]) -> str:
+    """The command an argument list names (its first word that is not an option), or ""."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
-def _load_subcommands() -> None:
-    from .jobs import SUBCOMMANDS
-    _SUBCOMMANDS[:] = SUBCOMMANDS
+# Lowest accepted value of numeric options, by destination; a command checks only those it has.
+_MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "warmup": 0,
+            "n_components": 1, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
+
+
+def _check_values(args: argparse.Namespace, accepted: set[str]) -> None:
+    """User mistakes in the values given, raised as :class:`VitlensError` before anything runs."""
+    for dest, low in _MINIMUM.items():
+        v = getattr(args, dest, None)
+        flag = "--" + dest.replace("_", "-")
+        if flag not in accepted or v is None:
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if x < low:
+                raise VitlensError(f"{flag} must be at least {low}, got {x}.")
+    if getattr(args, "device", None) is not None:
+        _check_device(args.device)
+    randomly = getattr(args, "random_init", False) or args.command == "info"
+    for flag in ("model", "vit", "cnn"):
+        for name in getattr(args, flag, None) or []:
+            _check_name(name, f"--{flag}", randomly, args.command)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise VitlensError(f"--device {device} is not a torch device; use cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch was built without CUDA" if torch.version.cuda is None else
+                   "torch finds no usable NVIDIA GPU or driver on this machine")
+            raise VitlensError(f"--device {device} asks for a CUDA GPU, but {why}; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VitlensError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                               f"numbered from 0; use --device cuda:0 or --device cpu.")
+        return
+    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+    if not (backend is not None and getattr(backend, "is_available", lambda: False)()):
+        raise VitlensError(f"--device {device}: no {dev.type} device is available here; use --device cpu.")
+
+
+def _check_name(name: str, flag: str, randomly: bool, args_command: str) -> None:
+    if not name.startswith("hf-hub:"):
+        return
+    repo = name.split(":", 1)[1]
+    if not repo:
+        raise VitlensError(f"{flag} {name} names no repository; give one (hf-hub:timm/vit_base_patch16_224."
+                           "augreg2_in21k_ft_in1k) or a plain timm model name.")
+    if randomly:
+        arch = repo.split("/")[-1].split(".")[0]
+        where = "vitlens info" if args_command == "info" else "--random-init"
+        raise VitlensError(f"{flag} {name} names a hub repository to download weights from, but {where} uses "
+                           f"no downloaded weights; give the architecture's timm name instead ({flag} {arch}).")
+
+
+def _fit_advice(msg: str, accepted: set[str]) -> str:
+    """Advice in ``msg`` that names only flags the command accepts: a flag the command lacks is
+    replaced by its accepted counterparts (``--checkpoint`` by ``--vit-checkpoint`` or
+    ``--cnn-checkpoint``), or the bracketed remark holding it is dropped."""
+    import re
+
+    for flag in sorted(set(re.findall(r"--[a-z][a-z-]*", msg)) - accepted, key=len, reverse=True):
+        kin = sorted((a for a in accepted if a.startswith("--") and a.endswith("-" + flag[2:])), reverse=True)
+        if kin:
+            msg = re.sub(re.escape(flag) + r"(?![a-z-])", " or ".join(kin), msg)
+        else:
+            msg = re.sub(r"\s*\([^()]*" + re.escape(flag) + r"(?![a-z-])[^()]*\)", "", msg)
+    return msg
 
 
 def _say(msg: str) -> None:
@@ -119,12 +215,15 @@ def _drop_if_empty(out: str | None, fresh: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_subcommands()
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
+    parser = build_parser(command if command in COMMAND_HELP else "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    accepted = set(sub.choices[args.command]._option_string_actions)
     debug = getattr(args, "debug", False)
     out = getattr(args, "out", None)
     fresh = out is not None and not os.path.exists(out)
@@ -134,18 +233,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=UserWarning, module="timm")
             warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
         try:
-            return _run(args, debug, out, fresh)
+            return _run(args, debug, out, fresh, accepted)
         finally:
             warnings.formatwarning = saved_format
 
 
-def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool) -> int:
+def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, accepted: set[str]) -> int:
+    from .io import figure_formats
+
     try:
-        return int(args.func(args) or 0)
+        _check_values(args, accepted)
+        with figure_formats(["pdf"] if getattr(args, "pdf", False) else []):
+            return int(args.func(args) or 0)
     except VitlensError as e:
         if debug:
             raise
-        _say(str(e))
+        _say(_fit_advice(str(e), accepted))
         _drop_if_empty(out, fresh)
         return e.exit_code
     except KeyboardInterrupt:

@@ -146,6 +146,18 @@ class AttentionDistance:
     def num_heads(self) -> int:
         return self.distance.shape[1]
 
+    def local_heads(self, fraction: float = 0.5) -> np.ndarray:
+        """``[layer, head]`` True where a head is local: its distance is below ``fraction`` times the
+        distance of uniform attention (Raghu et al.'s reading of the ViT paper's Fig. 7)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        with np.errstate(invalid="ignore"):
+            return self.distance < fraction * self.uniform
+
+    def local_head_counts(self, fraction: float = 0.5) -> np.ndarray:
+        """``[layer]`` the number of local heads in each layer (see :meth:`local_heads`)."""
+        return self.local_heads(fraction).sum(axis=1)
+
     def to_frame(self):
         """Tidy frame: one row per (layer, head), 0-based, with ``distance_<unit>``, ``std_<unit>``,
         the 95% range across images and ``n_images``."""
@@ -175,6 +187,12 @@ class AttentionDistance:
         """The paper's plot: one dot per head against depth. Returns the axes."""
         from .plotting.distance import plot_distance_by_depth
         return plot_distance_by_depth([self], ax=ax, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""
+        from .display import result_html
+
+        return result_html(self)
 
 
 class DistanceAccumulator:
@@ -302,11 +320,14 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
     switch and eval mode are set for each batch's forward pass and undone before the batch is
     yielded, so nothing the caller runs in between is counted and the model is as the caller left it.
     """
+    from .families import forward_of
+
     device = next(model.parameters()).device
+    forward = forward_of(model)
     for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
         with torch.no_grad(), eval_mode(model), capture_attention(model, callback=accumulator.update):
             with autocast(device, precision):
-                model(x.to(device, non_blocking=True))
+                forward(x.to(device, non_blocking=True))
         accumulator.flush()
         yield idx
 
@@ -314,8 +335,10 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
 def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
                     units: Unit = "px") -> DistanceAccumulator:
     """An empty accumulator shaped for ``model``'s layers, heads and token layout."""
-    mods = attention_modules(model)
-    return DistanceAccumulator(token_layout(model, input_size), len(mods), int(mods[0][1].num_heads),
+    from .families import adapter_for
+
+    blocks = adapter_for(model).attention_blocks()
+    return DistanceAccumulator(token_layout(model, input_size), len(blocks), max(b.num_heads for b in blocks),
                                prefix_tokens=prefix_tokens, units=units,
                                device=next(model.parameters()).device)
 

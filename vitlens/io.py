@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -102,13 +103,33 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return Path(path)
 
 
+_EXTRA_FORMATS: ContextVar[tuple[str, ...]] = ContextVar("vitlens_extra_figure_formats", default=())
+
+
+@contextmanager
+def figure_formats(formats) -> Iterator[None]:
+    """Within the block, :func:`save_figure` also writes every PNG figure in each of ``formats``
+    (``["pdf"]``: a PDF beside each PNG, same stem); the setting is this context's only."""
+    token = _EXTRA_FORMATS.set(tuple(str(f).lower().lstrip(".") for f in formats))
+    try:
+        yield
+    finally:
+        _EXTRA_FORMATS.reset(token)
+
+
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """Save a matplotlib figure atomically; the format follows the file extension."""
+    """Save a matplotlib figure atomically; the format follows the file extension. Inside
+    :func:`figure_formats`, a PNG is also written in the extra formats, beside it."""
     path = Path(path)
     kwargs.setdefault("dpi", 150)
     kwargs.setdefault("bbox_inches", "tight")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+    if path.suffix.lower() == ".png":
+        for fmt in _EXTRA_FORMATS.get():
+            if fmt != "png":
+                with atomic_path(path.with_suffix(f".{fmt}")) as tmp:
+                    fig.savefig(tmp, format=fmt, **kwargs)
     return path
 
 

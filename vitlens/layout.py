@@ -85,70 +85,24 @@ class TokenLayout:
 
 
 def is_vit(model: nn.Module) -> bool:
-    """Whether ``model`` is a ViT vitlens can lay out: a patch embedding with a grid and a list of blocks."""
-    pe = getattr(model, "patch_embed", None)
-    blocks = getattr(model, "blocks", None)
-    return pe is not None and hasattr(pe, "grid_size") and isinstance(blocks, (nn.Sequential, nn.ModuleList))
+    """Whether ``model`` is a ViT vitlens can lay out (its family adapter gives a token layout)."""
+    from .families import adapter_for
 
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    return v[-2:] if len(v) >= 2 else (v[0], v[0])
-
-
-def _num_registers(model: nn.Module) -> int:
-    """Register tokens: timm's VisionTransformer says ``num_reg_tokens``; its Eva holds only
-    ``reg_token`` ``[1, register, dim]``."""
-    n = getattr(model, "num_reg_tokens", None)
-    if n is not None:
-        return int(n)
-    reg = getattr(model, "reg_token", None)
-    return int(reg.shape[1]) if reg is not None else 0
-
-
-def _prefix_kinds(model: nn.Module) -> tuple[str, ...]:
-    kinds: list[str] = []
-    if getattr(model, "cls_token", None) is not None:
-        kinds.append("cls")
-    if getattr(model, "dist_token", None) is not None:
-        kinds.append("dist")
-    kinds += ["reg"] * _num_registers(model)
-    expected = getattr(model, "num_prefix_tokens", None)
-    if expected is not None and expected != len(kinds):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} declares {expected} prefix tokens but vitlens found "
-            f"{len(kinds)} ({', '.join(kinds) or 'none'}); its token layout is not one vitlens knows.")
-    return tuple(kinds)
+    try:
+        adapter_for(model).token_layout()
+    except UnsupportedModelError:
+        return False
+    return True
 
 
 def token_layout(model: nn.Module, input_size: int | Sequence[int] | None = None) -> TokenLayout:
     """Describe ``model``'s token sequence for inputs of ``input_size`` (default: the model's own).
 
-    Works for timm ViTs (class, distillation and register tokens, ``no_embed_class``, global
-    pooling without a class token), hybrids with a CNN stem, BEiT and EVA. A size other than the
-    model's own is allowed where the model accepts it (``dynamic_img_size=True``).
+    Asks the model's family adapter: timm ViTs (class, distillation and register tokens,
+    ``no_embed_class``, global pooling without a class token, hybrids with a CNN stem, BEiT, EVA),
+    Hugging Face transformers, torchvision and open_clip ViTs. A size other than the model's own is
+    allowed where the model accepts it (timm's ``dynamic_img_size=True``, for example).
     """
-    pe = getattr(model, "patch_embed", None)
-    if pe is None or not hasattr(pe, "grid_size"):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no ViT patch embedding (model.patch_embed with a grid), so it "
-            "has no token layout; attention analyses need a ViT such as vit_base_patch16_224.")
-    default = _pair(pe.img_size)
-    size = default if input_size is None else _pair(input_size)
-    if size == default:
-        grid = _pair(pe.grid_size)
-    elif hasattr(pe, "dynamic_feat_size") and (getattr(model, "dynamic_img_size", False)
-                                                or getattr(pe, "dynamic_img_pad", False)):
-        grid = _pair(pe.dynamic_feat_size(size))
-    else:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} was built for {default[0]} x {default[1]} inputs and cannot take "
-            f"{size[0]} x {size[1]}; build it with dynamic_img_size=True to use other sizes.")
-    if hasattr(pe, "feat_ratio"):
-        stride = tuple(float(s) for s in _pair(pe.feat_ratio(as_scalar=False)))
-    else:
-        stride = (size[0] / grid[0], size[1] / grid[1])
-    return TokenLayout(prefix_kinds=_prefix_kinds(model), grid_size=grid,
-                       patch_stride=stride, input_size=size)
+    from .families import adapter_for
+
+    return adapter_for(model).token_layout(input_size)

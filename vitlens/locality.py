@@ -138,6 +138,12 @@ class Locality:
         from .plotting.locality import plot_locality
         return plot_locality(self, ax=ax, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""
+        from .display import result_html
+
+        return result_html(self)
+
 
 def locality(distances: Sequence[AttentionDistance] = (), fields: Sequence[ReceptiveField] = ()) -> Locality:
     """Combine attention distances (ViTs) and receptive fields (ViTs and CNNs) into one result.

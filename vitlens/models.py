@@ -1,4 +1,5 @@
-"""Model loading: timm names and tags, local checkpoints, and the small models vitlens ships.
+"""Model loading: timm names and tags, family-prefixed names (``hf:``, ``torchvision:``,
+``open_clip:``), local checkpoints, and the small models vitlens ships.
 
 ``load_model`` returns a timm model in eval mode on the requested device, with a record of where
 its weights came from in ``model.vitlens_source`` (written into every run record).
@@ -239,11 +240,13 @@ def _unknown_name(name: str) -> ModelLoadError:
 
 def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
                device: str | torch.device = "cpu", **timm_kwargs) -> nn.Module:
-    """Build a timm model, with weights from the hub, a local checkpoint, the zoo, or at random.
+    """Build a model, with weights from the hub, a local checkpoint, the zoo, or at random.
 
     Args:
         name: a timm model name with or without a pretrained tag
-            (``vit_base_patch16_224.augreg2_in21k_ft_in1k``), or a shipped model (``vitlens/...``).
+            (``vit_base_patch16_224.augreg2_in21k_ft_in1k``), a shipped model (``vitlens/...``), or a
+            name with a family prefix: ``hf:<repo id or local folder>`` (Hugging Face transformers),
+            ``torchvision:<name>[:<weights>]``, ``open_clip:<architecture>[:<pretrained tag>]``.
         pretrained: fetch the tag's weights from the hub (timm's cache is used first). False gives
             random weights, for baselines. Ignored when ``checkpoint`` is given.
         checkpoint: a local safetensors or PyTorch (.pth/.pt/.bin) state dict for the architecture.
@@ -257,6 +260,14 @@ def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathL
         ModelLoadError: unknown name, weights that cannot be downloaded (within seconds when offline),
             or a checkpoint that cannot be read, is unsafe, or does not fit.
     """
+    from .families import load_by_prefix  # here: the family loaders use this module
+
+    prefixed = load_by_prefix(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    if prefixed is not None:
+        if timm_kwargs:
+            raise ModelLoadError(f"{', '.join(sorted(timm_kwargs))} are options of timm models only; "
+                                 f"{name} takes none.")
+        return prefixed
     zoo = zoo_models()
     if name in zoo:
         z = zoo[name]

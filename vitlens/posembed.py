@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from .errors import UnsupportedModelError
-from .layout import TokenLayout, token_layout
+from .layout import TokenLayout
 from .models import model_name
+from .sizes import size_pair
 
 __all__ = [
     "PositionEmbeddingSimilarity",
@@ -203,30 +203,6 @@ def _no_table_error(model: nn.Module, detail: str) -> UnsupportedModelError:
         "deit_base_distilled_patch16_224 or vit_small_patch14_reg4_dinov2.")
 
 
-def _target_layout(model: nn.Module, input_size) -> TokenLayout:
-    """Token layout at ``input_size``; for fixed-size models, the layout the model would have if
-    built (fine-tuned) at that size."""
-    try:
-        return token_layout(model, input_size)
-    except UnsupportedModelError:
-        own = token_layout(model)
-        pe = model.patch_embed
-        if input_size is None or not hasattr(pe, "dynamic_feat_size"):
-            raise
-        size = (int(input_size), int(input_size)) if isinstance(input_size, int) else \
-            tuple(int(v) for v in list(input_size)[-2:])
-        if len(size) == 1:
-            size = (size[0], size[0])
-        grid = tuple(int(g) for g in pe.dynamic_feat_size(size))
-        if min(grid) < 1:
-            raise UnsupportedModelError(
-                f"an input of {size[0]} x {size[1]} px gives no patches for {model_name(model)} "
-                f"(patch stride {own.patch_stride[0]:g} px).")
-        stride = own.patch_stride
-        return TokenLayout(prefix_kinds=own.prefix_kinds, grid_size=grid, patch_stride=stride,
-                           input_size=size)
-
-
 @dataclass(frozen=True)
 class _Table:
     embeddings: np.ndarray               # [grid_h, grid_w, dim]
@@ -239,73 +215,45 @@ class _Table:
 
 def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicubic",
                 antialias: bool = True) -> _Table:
-    from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
+    """The model's learned absolute table on its patch grid, through its family adapter."""
+    from .families import adapter_for
 
-    if getattr(model, "patch_embed", None) is None:
+    adapter = adapter_for(model)
+    try:
+        own = adapter.token_layout()
+    except UnsupportedModelError:
         raise UnsupportedModelError(
             f"{model_name(model)} ({type(model).__name__}) is not a ViT with a patch grid, so it has "
-            "no patch position embeddings to compare.")
-    pos = getattr(model, "pos_embed", None)
-    if pos is None:
-        raise _no_table_error(model, "model.pos_embed is None")
-    if isinstance(pos, nn.Module) or not isinstance(pos, torch.Tensor):
-        raise _no_table_error(model, f"its position encoding is computed by a module "
-                                     f"({type(pos).__name__}), not stored as a table")
-    own = token_layout(model)
-    target = own if input_size is None else _target_layout(model, input_size)
+            "no patch position embeddings to compare.") from None
+    table = adapter.position_table(input_size, interpolation=interpolation, antialias=antialias)
+    if table is None:
+        raise _no_table_error(model, "it stores no learned absolute position table")
+    th, tw = (int(v) for v in table.patches.shape[:2])
+    emb = table.patches.detach().cpu().double().numpy()
+    resampled = (th, tw) != own.grid_size
+    target = own if not resampled else TokenLayout(
+        prefix_kinds=own.prefix_kinds, grid_size=(th, tw), patch_stride=own.patch_stride,
+        input_size=size_pair(input_size) if input_size is not None else own.input_size)
+    if input_size is not None and not resampled:
+        target = TokenLayout(prefix_kinds=own.prefix_kinds, grid_size=own.grid_size,
+                             patch_stride=own.patch_stride, input_size=size_pair(input_size))
     gh, gw = own.grid_size
-    n = gh * gw
     notes: list[str] = []
-
-    with torch.no_grad():
-        table = pos.detach()
-        if table.ndim == 4 and tuple(table.shape[1:3]) == (gh, gw):       # [1, grid_h, grid_w, dim]
-            prefix_entries = 0
-            if target.grid_size != own.grid_size:
-                table = resample_abs_pos_embed_nhwc(table, list(target.grid_size),
-                                                    interpolation=interpolation, antialias=antialias)
-            patches = table.reshape(1, -1, table.shape[-1])
-        elif table.ndim == 3 and table.shape[0] == 1:                     # [1, prefix + N, dim]
-            length = table.shape[1]
-            if getattr(model, "no_embed_class", False) or length == n:
-                prefix_entries = 0
-            else:
-                prefix_entries = own.num_prefix_tokens
-            if length != n + prefix_entries:
-                raise UnsupportedModelError(
-                    f"the position table of {model_name(model)} has {length} entries, but its token "
-                    f"layout has {n} patches ({gh} x {gw}) and {own.num_prefix_tokens} prefix tokens; "
-                    "vitlens cannot tell which entries belong to which patch.")
-            if target.grid_size != own.grid_size:
-                table = resample_abs_pos_embed(table, new_size=list(target.grid_size),
-                                               old_size=list(own.grid_size),
-                                               num_prefix_tokens=prefix_entries,
-                                               interpolation=interpolation, antialias=antialias)
-            patches = table[:, prefix_entries:]
-        else:
-            raise UnsupportedModelError(
-                f"the position table of {model_name(model)} has shape {tuple(table.shape)}; vitlens "
-                "reads [1, prefix + patches, dim], [1, patches, dim] or [1, grid_h, grid_w, dim].")
-        th, tw = target.grid_size
-        emb = patches[0].reshape(th, tw, -1).cpu().double().numpy()
-
-    resampled = target.grid_size != own.grid_size
     if resampled:
         notes.append(f"table resampled from a {gh} x {gw} grid ({own.input_size[0]} x {own.input_size[1]} px) "
-                     f"to {th} x {tw} ({target.input_size[0]} x {target.input_size[1]} px) with timm's "
-                     f"resample_abs_pos_embed ({interpolation}{', antialias' if antialias else ''})")
+                     f"to {th} x {tw} ({target.input_size[0]} x {target.input_size[1]} px) with {table.resampling}")
     if _has_rotary(model):
         notes.append("rotary position embedding (RoPE) not shown: this model also encodes position "
                      "with rotary embeddings inside attention; only its learned absolute table is analysed")
     if _has_relative_bias(model):
         notes.append("relative position bias not shown: this model also adds a relative position bias "
                      "inside attention; only its absolute table is analysed")
-    if not pos.requires_grad:
-        notes.append("the table is fixed (not trained): model.pos_embed does not require gradients")
+    if not table.trainable:
+        notes.append("the table is fixed (not trained): it does not require gradients")
     zero = int((np.linalg.norm(emb.reshape(th * tw, -1), axis=1) <= _EPS).sum())
     if zero:
         notes.append(f"{zero} patch embedding(s) are zero vectors; their similarity is 0 by convention")
-    return _Table(embeddings=emb, layout=target, source_layout=own, prefix_entries=prefix_entries,
+    return _Table(embeddings=emb, layout=target, source_layout=own, prefix_entries=table.prefix_entries,
                   resampled=resampled, notes=tuple(notes))
 
 
@@ -392,6 +340,29 @@ class PositionEmbeddingSimilarity:
         same, other = row_column_means(self.similarity)
         return same - other
 
+    @property
+    def structure(self) -> dict[str, float]:
+        """The table read in parts (:func:`vitlens.posembed_structure.structure`): the distance
+        correlation over all and over interior patches, the border-ring contrast, the row/column
+        score and the border means."""
+        from .posembed_structure import structure
+
+        return structure(self.similarity)
+
+    @property
+    def distance_correlation_interior(self) -> float:
+        """Pearson r between similarity and distance over pairs of interior (non-edge) patches."""
+        from .posembed_structure import distance_correlation
+
+        return distance_correlation(self.similarity, "interior")
+
+    @property
+    def border_contrast(self) -> float:
+        """Mean similarity between edge patches minus that between an edge and an interior patch."""
+        from .posembed_structure import border_contrast
+
+        return border_contrast(self.similarity)
+
     def summary(self) -> dict:
         """The numbers behind the paper's words, plus the metadata to reproduce them (JSON-ready)."""
         same, other = row_column_means(self.similarity)
@@ -410,6 +381,7 @@ class PositionEmbeddingSimilarity:
             "num_prefix_tokens": self.num_prefix_tokens,
             "prefix_entries_in_table": self.prefix_entries_in_table,
             "distance_correlation": _nan_to_none(similarity_distance_correlation(self.similarity)),
+            **{k: _nan_to_none(v) for k, v in self.structure.items()},
             "row_column_score": _nan_to_none(same - other),
             "row_column_excess": _nan_to_none(row_column_excess(self.similarity)),
             "same_row_or_column_mean": _nan_to_none(same),
@@ -441,6 +413,12 @@ class PositionEmbeddingSimilarity:
         _, axes = plot_position_embedding_similarity([self], axes=None if ax is None else [ax],
                                                      tile_step=tile_step, **kwargs)
         return axes[0]
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""
+        from .display import result_html
+
+        return result_html(self)
 
 
 def position_embedding_similarity(model: nn.Module, input_size: int | Sequence[int] | None = None, *,

@@ -60,6 +60,7 @@ import torch.nn as nn
 from .batches import check_images, iter_batches, num_images
 from .block_outputs import default_layers
 from .errors import UnsupportedModelError
+from .families import forward_of
 from .field_geometry import pixel_distances, spread_and_radii
 from .layout import TokenLayout, is_vit, token_layout
 from .models import model_name
@@ -170,6 +171,12 @@ class ReceptiveField:
         """Spread (line) and r50-r90 (band) against depth. Returns the axes."""
         from .plotting.receptive_field import plot_spread
         return plot_spread([self], ax=ax, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""
+        from .display import result_html
+
+        return result_html(self)
 
 
 def _group(layers: Sequence[str], reasons: Sequence[str]) -> dict[str, list[str]]:
@@ -287,7 +294,8 @@ class ReceptiveFieldAccumulator:
             self.prepare(input_size)
 
     def _capture(self) -> OutputCapture:
-        return capture_outputs(self.model, self.layers, channels_last=self.channels_last)
+        return capture_outputs(self.model, self.layers, channels_last=self.channels_last,
+                               forward=forward_of(self.model))
 
     def _set_up(self, outs: dict[str, torch.Tensor], order: Sequence[str], input_size: tuple[int, int]) -> None:
         layout = token_layout(self.model, input_size) if self.vit else None

@@ -43,6 +43,7 @@ import torch.nn as nn
 from .batches import iter_batches
 from .capture import attention_modules, capture_attention
 from .errors import UnsupportedModelError, VitlensError
+from .families import forward_of
 from .layout import TokenLayout, token_layout
 from .models import model_name
 from .modes import eval_mode
@@ -292,6 +293,12 @@ class RolloutMaps:
                    indices=tuple(i for p in parts for i in p.indices)
                    if all(p.indices for p in parts) else ())
 
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""
+        from .display import result_html
+
+        return result_html(self)
+
 
 # --------------------------------------------------------------------------- driver
 
@@ -382,7 +389,7 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
                                           class_token_index=layout.class_token_index)
 
         with torch.no_grad(), capture_attention(model, layers=layers, callback=fold), autocast(x.device, precision):
-            out = model(x)
+            out = forward_of(model)(x)
         joint = state["joint"]
         if joint is None:
             raise UnsupportedModelError(f"{name} ran without any attention block being captured.")
@@ -395,7 +402,7 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
         x = x.detach().requires_grad_(True)  # a graph even when every parameter is frozen
         with torch.enable_grad(), capture_attention(model, layers=layers, detach=False) as cap:
             with autocast(x.device, precision):
-                out = _check_output(model(x), name, method).float()
+                out = _check_output(forward_of(model)(x), name, method).float()
             maps = cap.maps
             predicted = out.argmax(dim=-1)
             target = _targets(target_class, out, indices)

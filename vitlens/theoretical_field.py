@@ -15,13 +15,14 @@ from typing import Sequence
 import torch.nn as nn
 
 from .block_outputs import default_layers
+from .errors import UnsupportedModelError
 from .layout import is_vit
+from .sizes import size_pair
 
 __all__ = ["TheoreticalField", "theoretical_receptive_field"]
 
 _VIT_NO_FIELD = ("attention mixes every token from the first block on, so the theoretical field is the "
                  "whole input")
-
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,6 @@ class _Unknown(Exception):
     pass
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
 def _children_rules() -> dict[type, frozenset[str]]:
     """Containers whose registration order is their forward order on the main path, and the
     children that are residual shortcuts (skipped: their field lies inside the main path's)."""
@@ -78,6 +75,14 @@ def _children_rules() -> dict[type, frozenset[str]]:
         from timm.models import convnext
         rules.update({convnext.ConvNeXt: frozenset(), convnext.ConvNeXtStage: frozenset(),
                       convnext.ConvNeXtBlock: frozenset({"shortcut"})})
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from torchvision.models import resnet as tv_resnet
+        # torchvision registers conv1, bn1, relu, maxpool, layer1-4 in forward order; in its blocks
+        # the ReLU module is applied twice, which leaves the field unchanged.
+        rules.update({tv_resnet.ResNet: frozenset({"avgpool", "fc"}), tv_resnet.BasicBlock: frozenset({"downsample"}),
+                      tv_resnet.Bottleneck: frozenset({"downsample"})})
     except ImportError:  # pragma: no cover
         pass
     try:
@@ -109,17 +114,17 @@ def _kernel_op(m: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[in
     if isinstance(m, nn.Conv2d):
         if type(m).__name__ == "Conv2dSame" or getattr(m, "dynamic_pad", False):
             raise _Unknown(f"{type(m).__name__} pads by input size ('same' padding), so its alignment varies")
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+        k, s, d = size_pair(m.kernel_size), size_pair(m.stride), size_pair(m.dilation)
         if isinstance(m.padding, str):  # torch's 'same' pads total//2 on the left; 'valid' nothing
             p = tuple(d[a] * (k[a] - 1) // 2 for a in range(2)) if m.padding == "same" else (0, 0)
         else:
-            p = _pair(m.padding)
+            p = size_pair(m.padding)
         return k, s, d, p
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride is not None else m.kernel_size)
-        d = _pair(getattr(m, "dilation", 1))
-        return k, s, d, _pair(m.padding)
+        k = size_pair(m.kernel_size)
+        s = size_pair(m.stride if m.stride is not None else m.kernel_size)
+        d = size_pair(getattr(m, "dilation", 1))
+        return k, s, d, size_pair(m.padding)
     return None
 
 

@@ -164,24 +164,28 @@ def _convert(img: Image.Image, max_pixels: int | None) -> Image.Image:
 
 
 def model_transform(model: nn.Module, input_size: int | Sequence[int] | None = None):
-    """The model's own eval preprocessing (timm ``resolve_data_config`` + ``create_transform``).
+    """The model's own eval preprocessing, from its family adapter (timm's ``resolve_data_config``;
+    a transformers image processor's config; torchvision's or open_clip's transforms), built with
+    timm's ``create_transform``.
 
     Returns:
         ``(transform, data_config)``; ``input_size`` overrides the config's size (for models built
-        with ``dynamic_img_size=True``). A ViT built for a fixed size other than its pretrained
+        with ``dynamic_img_size=True``). A timm ViT built for a fixed size other than its pretrained
         config's (``img_size=384``, say) gets its built size.
     """
     import timm.data
 
-    args = {}
-    pe = getattr(model, "patch_embed", None)
-    if input_size is None and pe is not None and getattr(pe, "img_size", None) is not None \
-            and not getattr(model, "dynamic_img_size", False):
-        input_size = pe.img_size  # a ViT built for another size than its pretrained config says
-    if input_size is not None:
-        h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)[-2:]
-        args["input_size"] = (3, int(h), int(w))
-    cfg = timm.data.resolve_data_config(args, model=model)
+    from ..families import adapter_for
+    from ..sizes import size_pair
+
+    adapter = adapter_for(model)
+    if hasattr(adapter, "data_config"):
+        cfg = adapter.data_config(input_size)
+    else:
+        p = adapter.preprocessing()
+        size = p.input_size if input_size is None else size_pair(input_size)
+        cfg = {"input_size": (3, *size), "interpolation": p.interpolation, "mean": tuple(p.mean),
+               "std": tuple(p.std), "crop_pct": p.crop_pct, "crop_mode": p.crop_mode}
     return timm.data.create_transform(**cfg, is_training=False), cfg
 
 

@@ -1,13 +1,24 @@
 """The command-line jobs as Python functions: load models and images, run an analysis, save.
 
 Each module here holds one job (``run_*``) and a ``register(subparsers, common)`` that adds its
-subcommand to the command line. Jobs only orchestrate; the maths lives in the analysis modules.
+subcommand (named as the module) to the command line. Jobs only orchestrate; the maths lives in the
+analysis modules. Modules are imported only when their command is used, so that ``vitlens --help``
+needs neither torch nor timm.
 """
 
 from __future__ import annotations
 
 import importlib
 
-_JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare"]
+JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka"]
 
-SUBCOMMANDS = [importlib.import_module(f".{m}", __name__).register for m in _JOBS]
+
+def register_function(command: str):
+    """The ``register(subparsers, common)`` of the job behind ``command``."""
+    return importlib.import_module(f".{command}", __name__).register
+
+
+def __getattr__(name: str):
+    if name == "SUBCOMMANDS":  # every job's register function, importing them all
+        return [register_function(m) for m in JOBS]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,13 +35,29 @@ def model_specs(args: argparse.Namespace, required: bool = True) -> list[tuple[s
 def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = False, device: str = "cpu",
                 seed: int = 0, **timm_kwargs) -> list[nn.Module]:
     """Load every ``(name, checkpoint)`` pair; random weights when ``random_init``, drawn from
-    ``seed`` so that a random baseline is the same from run to run."""
+    ``seed`` so that a random baseline is the same from run to run.
+
+    A random model gets active residual branches (:func:`vitlens.baselines.activate_residual_branches`:
+    timm's zero-initialised last BatchNorm scales and small layer scales set to 1, every other
+    initialiser kept); what was done is recorded as ``model.vitlens_initialisation`` and in
+    :func:`model_record`. A loaded model whose residual branches are silent gets a warning.
+    """
+    import warnings
+
+    from ..baselines import activate_residual_branches, silence_warning, silent_residual_branches
+
     models = []
     for name, ckpt in specs:
         with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
             torch.manual_seed(seed)
-            models.append(load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device,
-                                     **timm_kwargs))
+            m = load_model(name, pretrained=not random_init, checkpoint=ckpt, device=device, **timm_kwargs)
+        if random_init and ckpt is None:
+            m.vitlens_initialisation = activate_residual_branches(m)
+        else:
+            msg = silence_warning(name, silent_residual_branches(m))
+            if msg:
+                warnings.warn(msg, stacklevel=2)
+        models.append(m)
     return models
 
 
@@ -83,6 +99,9 @@ def model_record(model: nn.Module, input_size=None) -> dict:
     except UnsupportedModelError:
         rec["token_layout"] = None
     rec["class"] = f"{type(model).__module__}.{type(model).__name__}"
+    init = getattr(model, "vitlens_initialisation", None)
+    if init is not None:
+        rec["initialisation"] = init
     return rec
 
 

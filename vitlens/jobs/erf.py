@@ -18,21 +18,13 @@ from ..precision import PRECISIONS
 from ..receptive_field import (INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField,
                                ReceptiveFieldAccumulator, stream_receptive_field)
 from ..resume import StopRequest, clear_partial
+from ..sizes import input_size_arg
 from .common import args_record, display_name, images_for, load_models, model_record
 from .sharded import open_partial, sharded_pass
 
 __all__ = ["run_erf", "register", "PRODUCTS"]
 
 PRODUCTS = ["receptive_field.csv", "receptive_field.png", "run.json"]
-
-
-def _size(input_size) -> tuple[int, int] | None:
-    if input_size is None:
-        return None
-    s = [int(input_size)] if isinstance(input_size, int) else [int(v) for v in input_size]
-    if len(s) not in (1, 2) or min(s) < 1:
-        raise VitlensError(f"--input-size takes one or two positive numbers (height width), got {input_size}.")
-    return (s[0], s[0]) if len(s) == 1 else (s[0], s[1])
 
 
 def _load(spec: tuple[str, str | None], random_init: bool, device: str, size: tuple[int, int] | None,
@@ -72,7 +64,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
 
     if batch_size < 1:
         raise VitlensError(f"--batch-size must be at least 1, got {batch_size}.")
-    size = _size(input_size)
+    size = input_size_arg(input_size)
     ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)

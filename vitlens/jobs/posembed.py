@@ -7,19 +7,20 @@ Writes, into ``--out``:
   is the model name with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by
   ``_``, plus the checkpoint's file stem when one is given);
 - ``pos_embed_similarity.png`` and ``.svg``: the tile figure, models side by side;
-- ``pos_embed_summary.json``: per model, the distance correlation, row/column score and notes;
+- ``pos_embed_summary.json``: per model, the distance correlation over all and over interior patches,
+  the border-ring contrast, the row/column score and notes;
 - ``run.json``: the run record.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 from typing import Sequence
 
 from ..io import RunRecord, prepare_out_dir, save_figure, save_npy, write_json
 from ..posembed import PositionEmbeddingSimilarity, position_embedding_similarity
+from ..sizes import input_size_arg
+from ..slugs import model_slugs
 from .common import args_record, display_name, load_models, model_record
 
 __all__ = ["run_posembed", "register", "similarity_file_names"]
@@ -35,6 +36,13 @@ DEFINITION = ("cosine similarity between the learned absolute position embedding
 CONVENTIONS = {
     "distance_correlation": "Pearson r between similarity and Euclidean distance in patch-grid steps, "
                             "over ordered pairs of distinct patches",
+    "distance_correlation_all": "the same as distance_correlation: every pair of distinct patches",
+    "distance_correlation_interior": "Pearson r between similarity and distance over ordered pairs of distinct "
+                                     "patches that are both off the border ring (not in the first or last row "
+                                     "or column); null on grids with fewer than 3 rows or columns",
+    "border_contrast": "mean similarity between two distinct border-ring patches (border_border_mean) minus the "
+                       "mean similarity between a border-ring patch and an interior one (border_interior_mean); "
+                       "large and positive when edge patches resemble each other and differ from the interior",
     "row_column_score": "mean similarity to patches sharing a row or a column (self excluded) minus "
                         "the mean similarity to patches sharing neither",
     "row_column_excess": "mean, over pairs sharing a row or a column, of similarity minus the mean "
@@ -45,40 +53,17 @@ CONVENTIONS = {
 }
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
 def similarity_file_names(specs: Sequence[tuple[str, str | None]]) -> list[str]:
     """The ``.npy`` file name of each ``(name, checkpoint)``: the plain name for one model, one per
     model (made unique) for several."""
     if len(specs) == 1:
         return [SIMILARITY_NPY]
-    names, seen = [], set()
-    for name, ckpt in specs:
-        base = _safe(name) + (f"_{_safe(Path(ckpt).stem)}" if ckpt else "")
-        stem, k = base, 2
-        while stem in seen:
-            stem, k = f"{base}_{k}", k + 1
-        seen.add(stem)
-        names.append(f"{FIGURE_STEM}_{stem}.npy")
+    names = [f"{FIGURE_STEM}_{s}.npy" for s in model_slugs(specs)]
     return names
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:+.2f}"
-
-
-def _size(input_size) -> tuple[int, int] | None:
-    if input_size is None:
-        return None
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    v = [int(x) for x in input_size]
-    if len(v) not in (1, 2):
-        from ..errors import VitlensError
-        raise VitlensError(f"--input-size takes one value or height and width, got {len(v)} values.")
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
 def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: bool = False,
@@ -108,7 +93,7 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
     if tile_step is not None and tile_step < 1:
         from ..errors import VitlensError
         raise VitlensError(f"--tile-step must be 1 or more, got {tile_step}.")
-    size = _size(input_size)
+    size = input_size_arg(input_size)
     npy_names = similarity_file_names(specs)
     products = npy_names + [f"{FIGURE_STEM}.png", f"{FIGURE_STEM}.svg", SUMMARY_JSON, RUN_JSON]
     out = prepare_out_dir(out, products, overwrite=overwrite)
@@ -147,8 +132,10 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
     if verbose:
         for e in entries:
             print(f"{e['model']}: {e['grid_size'][0]} x {e['grid_size'][1]} patches; similarity vs "
-                  f"distance r = {_fmt(e['distance_correlation'])}; row/column score = "
-                  f"{_fmt(e['row_column_score'])} ({_fmt(e['row_column_excess'])} beyond distance)")
+                  f"distance r = {_fmt(e['distance_correlation_all'])} over all patches, "
+                  f"{_fmt(e['distance_correlation_interior'])} over interior ones; border contrast = "
+                  f"{_fmt(e['border_contrast'])}; row/column score = {_fmt(e['row_column_score'])} "
+                  f"({_fmt(e['row_column_excess'])} beyond distance)")
             for n in e["notes"]:
                 print(f"  note: {n}")
         print(f"wrote {', '.join(products)} to {out}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +32,8 @@ from ..precision import PRECISIONS
 from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
                        image_keys, iter_rollout)
 from ..scores import FILLS, DeletionCurve, deletion_curve
+from ..sizes import input_size_arg
+from ..slugs import model_slugs
 from .common import args_record, display_name, load_models, model_record, progress
 
 __all__ = ["run_rollout", "register"]
@@ -44,14 +45,7 @@ def _folders(specs: Sequence[tuple[str, str | None]]) -> list[str]:
     """Output sub-folder per model ("" for a single model), unique and file-system safe."""
     if len(specs) == 1:
         return [""]
-    out: list[str] = []
-    for name, ckpt in specs:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name + (f"_{Path(ckpt).stem}" if ckpt else "")).strip("_")
-        slug, k = base, 2
-        while slug in out:
-            slug, k = f"{base}_{k}", k + 1
-        out.append(slug)
-    return out
+    return model_slugs(specs)
 
 
 def _products(folder: str, deletion: bool) -> list[str]:
@@ -103,9 +97,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         raise RolloutSettingsError(f"deletion fill must be one of {', '.join(FILLS)} (got {deletion_fill!r}), "
                                    f"deletion steps at least 0 (got {deletion_steps}) and batch size at least "
                                    f"1 (got {batch_size}).")
-    if input_size is not None and not isinstance(input_size, int):
-        input_size = tuple(int(v) for v in input_size)
-        input_size = input_size[0] if len(input_size) == 1 else input_size[-2:]
+    input_size = input_size_arg(input_size)
     ctx = context(device)
     folders = _folders(specs)
     root = prepare_out_dir(out, ["run.json"] + [p for f in folders for p in _products(f, deletion_steps > 0)],

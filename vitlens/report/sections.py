@@ -14,12 +14,15 @@ import numpy as np
 import pandas as pd
 
 from ..distance import AttentionDistance
-from ..report_page import Figure, Section
+from .page import Figure, Section
 
 __all__ = ["distance_section", "posembed_section", "rollout_section", "locality_section", "data_section",
-           "local_heads", "WEAK_CORRELATION"]
+           "local_heads", "posembed_reading",
+           "WEAK_CORRELATION", "BORDER_CONTRAST", "ROW_COLUMN"]
 
 WEAK_CORRELATION = 0.1  # |r| below this: similarity "hardly changes" with distance
+BORDER_CONTRAST = 0.2  # edge-edge minus edge-interior similarity at least this: a border ring
+ROW_COLUMN = 0.05  # |row/column score| below this: sharing a row or column "hardly matters"
 
 
 def _px(v: float) -> str:
@@ -56,12 +59,54 @@ def distance_section(ds: Sequence[AttentionDistance]) -> Section:
         anchor="attention-distance")
 
 
-def _trend(r: float) -> str:
+def _trend(r: float, long: bool = True) -> str:
     if not math.isfinite(r):
         return "cannot be related to distance (constant similarity or a one-patch grid)"
+    what = f"r = {r:+.2f} between cosine similarity and patch distance" if long else f"r = {r:+.2f}"
     if abs(r) < WEAK_CORRELATION:
-        return f"hardly changes with distance (r = {r:+.2f} between cosine similarity and patch distance)"
-    return f"{'falls' if r < 0 else 'rises'} with distance (r = {r:+.2f} between cosine similarity and patch distance)"
+        return f"hardly changes with distance ({what})"
+    return f"{'falls' if r < 0 else 'rises'} with distance ({what})"
+
+
+def _border(c: float, bb: float, bi: float) -> str:
+    if not math.isfinite(c):
+        return "the grid has no interior patches to set its edge against"
+    if c >= BORDER_CONTRAST:
+        return (f"edge patches resemble each other (mean cosine {bb:+.2f}) and differ from interior ones "
+                f"({bi:+.2f}): a border ring (contrast {c:+.2f})")
+    if c <= -BORDER_CONTRAST:
+        return (f"edge patches are less alike among themselves (mean cosine {bb:+.2f}) than with interior ones "
+                f"({bi:+.2f}; contrast {c:+.2f})")
+    return f"edge patches are not set apart from interior ones (contrast {c:+.2f})"
+
+
+def _row_column(rc: float) -> str:
+    if not math.isfinite(rc):
+        return "patches cannot be compared by row and column"
+    if abs(rc) < ROW_COLUMN:
+        return f"sharing a row or column hardly matters (score {rc:+.2f})"
+    return (f"patches in the same row or column have a mean similarity {abs(rc):.2f} "
+            f"{'above' if rc >= 0 else 'below'} that of other patches")
+
+
+def posembed_reading(summary: dict) -> str:
+    """One model's reading, worded only from its ``summary()`` numbers (None for undefined)."""
+    def num(key):
+        v = summary.get(key)
+        return float("nan") if v is None else float(v)
+
+    r_all, r_in, c = num("distance_correlation_all"), num("distance_correlation_interior"), num("border_contrast")
+    parts = [f"over all patches similarity {_trend(r_all)}"]
+    if math.isfinite(r_in):
+        parts.append(f"among interior patches it {_trend(r_in, long=False)}")
+    parts.append(_border(c, num("border_border_mean"), num("border_interior_mean")))
+    parts.append(_row_column(num("row_column_score")))
+    text = f"{summary.get('model', '')}: " + "; ".join(parts) + "."
+    if (math.isfinite(r_all) and math.isfinite(r_in) and c >= BORDER_CONTRAST
+            and abs(r_in) >= WEAK_CORRELATION and abs(r_all) < abs(r_in) / 2):
+        text += (" The correlation over all patches is weaker than among interior ones: it mixes the ring "
+                 "(far-apart edge patches that are alike) with the fall-off inside it.")
+    return text
 
 
 def posembed_section(results, skipped: Sequence[str]) -> Section:
@@ -69,14 +114,18 @@ def posembed_section(results, skipped: Sequence[str]) -> Section:
         return Section("Position-embedding similarity", note="No ViT here has an absolute position-embedding "
                        "table: " + "; ".join(skipped), anchor="position-embeddings")
     lines, numbers, notes = [], [], []
+
+    def f(v, fmt="+.3f"):
+        return "n/a" if v is None else format(v, fmt)
+
     for r in results:
-        corr, rc = r.distance_correlation, r.row_column_score
-        row = ("cannot be compared by row and column" if not math.isfinite(rc) else
-               f"patches in the same row or column have a mean similarity {abs(rc):.2f} "
-               f"{'above' if rc >= 0 else 'below'} that of other patches")
-        lines.append(f"{r.model}: similarity {_trend(corr)}, and {row}.")
-        numbers += [(f"{r.model}: correlation of similarity with distance", f"{corr:+.3f}"),
-                    (f"{r.model}: same row/column minus other patches", f"{rc:+.3f}")]
+        s = r.summary()
+        lines.append(posembed_reading(s))
+        numbers += [(f"{r.model}: correlation of similarity with distance, all / interior patches",
+                     f"{f(s['distance_correlation_all'])} / {f(s['distance_correlation_interior'])}"),
+                    (f"{r.model}: border contrast (edge-edge {f(s['border_border_mean'], '+.2f')}, "
+                     f"edge-interior {f(s['border_interior_mean'], '+.2f')})", f(s["border_contrast"])),
+                    (f"{r.model}: same row/column minus other patches", f(s["row_column_score"]))]
         notes += [f"{r.model}: {n}" for n in r.notes]
     notes += [f"not shown: {s}" for s in skipped]
     return Section(
@@ -84,7 +133,8 @@ def posembed_section(results, skipped: Sequence[str]) -> Section:
         figures=[Figure("figures/position_embeddings.png",
                         "Each tile: cosine similarity of one patch's position embedding with every patch's.")],
         reading=["Each tile is one patch; its colours show how similar that patch's position embedding is to "
-                 "every other patch's (ViT paper Fig. 7 centre).", " ".join(lines)],
+                 "every other patch's (ViT paper Fig. 7 centre). Edge patches form the border ring; the others "
+                 "are interior.", " ".join(lines)],
         numbers=numbers, files=[("position_embeddings.json", "data/position_embeddings.json")],
         note="; ".join(notes), anchor="position-embeddings")
 
@@ -156,9 +206,10 @@ def locality_section(res) -> Section:
 def local_heads(d: AttentionDistance, fraction: float) -> tuple[int, int, float]:
     """Local heads in the lower half of the layers (distance below ``fraction`` times uniform
     attention's): ``(count, heads there, their mean distance in px)``."""
-    low = d.distance[: max(1, d.num_layers // 2)]
+    half = max(1, d.num_layers // 2)
+    low = d.distance[:half]
     with np.errstate(all="ignore"):
-        return int((low < fraction * d.uniform).sum()), int(low.size), float(np.nanmean(low))
+        return int(d.local_head_counts(fraction)[:half].sum()), int(low.size), float(np.nanmean(low))
 
 
 def data_section(full: AttentionDistance, less: AttentionDistance, fraction: float) -> Section:

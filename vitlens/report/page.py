@@ -12,6 +12,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..slugs import slug
+
 __all__ = ["Figure", "Section", "render_page"]
 
 
@@ -76,12 +78,8 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _slug(title: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
-
-
 def _section(s: Section) -> str:
-    parts = [f'<section id="{_e(s.anchor or _slug(s.title))}">', f"<h2>{_e(s.title)}</h2>"]
+    parts = [f'<section id="{_e(s.anchor or slug(s.title.lower(), sep="-"))}">', f"<h2>{_e(s.title)}</h2>"]
     if s.reading:
         parts.append('<div class="reading">' + "".join(f"<p>{_e(line)}</p>" for line in s.reading) + "</div>")
     for f in s.figures:
@@ -102,7 +100,7 @@ def _section(s: Section) -> str:
 def render_page(title: str, subtitle: str, sections: Sequence[Section], record: Sequence[tuple[str, str]],
                 command: str = "") -> str:
     """The whole page: a heading, a table of contents, every section, then the run record."""
-    nav = " ".join(f'<a href="#{_e(s.anchor or _slug(s.title))}">{_e(s.title)}</a>' for s in sections)
+    nav = " ".join(f'<a href="#{_e(s.anchor or slug(s.title.lower(), sep="-"))}">{_e(s.title)}</a>' for s in sections)
     rec = "".join(f'<tr><th>{_e(k)}</th><td class="v">{_e(v)}</td></tr>' for k, v in record)
     body = "\n".join(_section(s) for s in sections)
     cmd = f"<p>Command:</p><pre>{_e(command)}</pre>" if command else ""

@@ -6,8 +6,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import MODEL_COLORS, new_axes
-from .distance import plot_distance_by_depth
+from ..plotting import MODEL_COLORS, new_axes
+from ..plotting.distance import plot_distance_by_depth
 
 __all__ = ["plot_mask_scores", "plot_local_heads"]
 

@@ -1,0 +1,160 @@
+"""The family registry: which adapter answers vitlens's questions about a model object.
+
+``adapter_for(model)`` tries the registered adapters in order (:data:`FAMILIES`) and returns the
+first whose ``handles(model)`` is true; the answer is cached per model object. A family module
+registers its adapter with ``@register_family``. ``load_by_prefix(name)`` builds a model from a
+prefixed name (``hf:``, ``torchvision:``, ``open_clip:``) and returns None for plain timm names.
+
+Each family module imports its library lazily, so vitlens works without the optional ones.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelLoadError, UnsupportedModelError
+from .base import AttentionBlock, FamilyAdapter, PositionTable, Preprocessing
+
+__all__ = ["FAMILIES", "PREFIXES", "adapter_for", "forward_of", "register_family", "load_by_prefix",
+           "AttentionBlock", "FamilyAdapter", "PositionTable", "Preprocessing"]
+
+#: Registered adapter classes, in the order ``adapter_for`` tries them.
+FAMILIES: list[type[FamilyAdapter]] = []
+
+#: Name prefix -> family module (relative to this package) whose ``load(name, ...)`` builds it.
+PREFIXES: dict[str, str] = {"hf:": "transformers", "torchvision:": "torchvision", "open_clip:": "open_clip"}
+
+# model -> weak reference to its adapter: the same adapter while anyone holds it, and no model is
+# kept alive by the cache (an adapter holds its model, so a strong value would pin the key).
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, weakref.ref[FamilyAdapter]]" = weakref.WeakKeyDictionary()
+
+
+def register_family(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Add an adapter class to the registry (idempotent); usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, FamilyAdapter)):
+        raise TypeError(f"{cls!r} is not a FamilyAdapter subclass")
+    if cls not in FAMILIES:
+        FAMILIES.append(cls)
+    return cls
+
+
+def _register_module(module) -> None:
+    """Register every adapter class a family module defines (whether or not it used the decorator)."""
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, FamilyAdapter) and value is not FamilyAdapter \
+                and value.__module__ == module.__name__ and value.family:
+            register_family(value)
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    """The adapter of ``model``'s family.
+
+    Raises:
+        UnsupportedModelError: no registered family handles the model; the message names its class
+            and the supported families.
+    """
+    ref = _CACHE.get(model)
+    adapter = ref() if ref is not None else None
+    if adapter is not None:
+        return adapter
+    for cls in FAMILIES:
+        if cls.handles(model):
+            adapter = cls(model)
+            _CACHE[model] = weakref.ref(adapter)
+            return adapter
+    kind = f"{type(model).__module__}.{type(model).__name__}"
+    names = ", ".join(c.family for c in FAMILIES) or "none registered"
+    raise UnsupportedModelError(
+        f"vitlens does not know the model class {kind}: no model family handles it. Supported "
+        f"families: {names}. Load models with vitlens.load_model (timm names, or the prefixes "
+        f"{', '.join(PREFIXES)}).")
+
+
+def forward_of(model: nn.Module):
+    """The callable that runs ``model`` on pixels ``[batch, 3, height, width]`` and returns a tensor
+    (its family adapter's ``forward``); the model itself for a module no family knows."""
+    try:
+        return adapter_for(model).forward
+    except UnsupportedModelError:
+        return model
+
+
+def load_by_prefix(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
+                   device: str | torch.device = "cpu") -> nn.Module | None:
+    """Build a model named with a family prefix, or return None for a plain (timm) name.
+
+    ``hf:<repo id or local directory>``, ``torchvision:<name>[:<weights>]``,
+    ``open_clip:<architecture>[:<pretrained tag>]``. The model comes back in eval mode on
+    ``device`` with ``model.vitlens_source`` recording where its weights came from.
+
+    Raises:
+        ModelLoadError: the library is not installed, the name is unknown, or the weights cannot be
+            read (within seconds when the network is unreachable and nothing is cached).
+    """
+    for prefix, module_name in PREFIXES.items():
+        if name.startswith(prefix):
+            import importlib
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            return module.load(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    return None
+
+
+# --------------------------------------------------------------------------- shared by family loaders
+
+def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers a TCP connection within ``timeout`` seconds (False when
+    HF_HUB_OFFLINE is set, which also means "no network" to vitlens)."""
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_strict(model: nn.Module, name: str, path: str | os.PathLike) -> None:
+    """Load a local state dict into ``model``, every key and shape matching."""
+    from ..models import read_state_dict
+    sd: Mapping[str, torch.Tensor] = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        if shape:
+            parts.append(f"{len(shape)} of another shape (first: " + ", ".join(
+                f"{k} is {tuple(sd[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model"
+                for k in shape[:3]) + ")")
+        raise ModelLoadError(f"checkpoint {Path(path)} does not fit {name}: keys {'; '.join(parts)}. "
+                             "Check that the name is the architecture the checkpoint was trained with.")
+    model.load_state_dict(dict(sd), strict=True)
+
+
+def _finish(model: nn.Module, source: dict, device) -> nn.Module:
+    model.vitlens_source = source
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the families, in order
+
+# Windowed and hierarchical models first (their classes are timm's or transformers' too), then the
+# plain families. A family module registers its adapter classes when it is imported.
+import importlib  # noqa: E402
+import importlib.util as _util  # noqa: E402
+
+for _name in ("timm_windowed", "transformers_windowed", "timm", "transformers", "torchvision", "open_clip"):
+    if _util.find_spec(f"{__name__}.{_name}") is not None:
+        _register_module(importlib.import_module(f"{__name__}.{_name}"))

@@ -1,0 +1,317 @@
+"""The report's build: every analysis on a set of models and images, as one HTML page.
+
+With no model given it runs offline on the shipped models (vit-tiny-shapes, its tenth-of-the-data
+twin and resnet-tiny-shapes) over freshly generated held-out shapes images with object masks:
+mean attention distance, position-embedding similarity, attention rollout with its mask score, ViT
+versus CNN locality with the receptive fields, and whether less training data cost the ViT its
+local heads. ``--vit/--cnn/--images [--masks]`` run the same report on any models and images.
+
+Writes ``OUT/index.html``, ``OUT/figures/*.png``, ``OUT/data/*`` (every number behind the page)
+and ``OUT/run.json``. With ``--overwrite`` the previous report is removed first, and the page is
+written last, so a page that exists belongs to one complete run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch.nn as nn
+
+from ..data.images import ImageSet
+from ..distance import attention_distance
+from ..errors import UnsupportedModelError, VitlensError
+from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz, versions, write_json, write_text
+from ..locality import locality
+from ..models import zoo_models
+from ..receptive_field import effective_receptive_field
+from .page import render_page
+from . import sections as sec
+from ..slugs import slug
+from ..data.masks import model_mask, read_mask
+from ..jobs.common import display_name, distinct_names, images_for, load_models, model_record, progress
+from ..jobs.compare import check_cnn, check_vit
+
+__all__ = ["run_report", "DEFAULT_VITS", "DEFAULT_CNNS", "HELD_OUT_START", "LOCAL_FRACTION", "ERF_IMAGES", "PRODUCTS"]
+
+DEFAULT_VITS = ("vitlens/vit-tiny-shapes", "vitlens/vit-tiny-shapes-10pct")
+DEFAULT_CNNS = ("vitlens/resnet-tiny-shapes",)
+DATA_PAIR = ("vitlens/vit-tiny-shapes", "vitlens/vit-tiny-shapes-10pct")  # (all the data, a tenth)
+HELD_OUT_START = 2000  # the shipped models' accuracy used test-split images 0 to 1999; start after them
+LOCAL_FRACTION = 0.5  # a head is local when its distance is below this share of uniform attention's
+ERF_IMAGES = 64  # receptive fields take one backward pass per layer: averaged over fewer images
+SHEET_IMAGES = 16
+PRODUCTS = ["index.html", "run.json", "figures", "data", "shapes"]
+def _shapes_images(out: Path, n: int, seed: int) -> list[Path]:
+    from ..data.shapes import save_images
+
+    return save_images(out / "shapes", n, seed=seed, split="test", start=HELD_OUT_START)
+
+
+def _knows_shapes_labels(model: nn.Module) -> bool:
+    from ..data.shapes import CLASSES
+
+    return list(getattr(model, "pretrained_cfg", {}).get("label_names") or []) == list(CLASSES)
+
+
+def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, masks: Path | None, sheet: bool,
+             precision: str = "fp32"):
+    """Rollout maps of every image and, with a mask folder, each map's share on its object; returns
+    ``(scores frame, RolloutMaps, display images for the sheet, why masks were not scored or "")``."""
+    import timm.data
+
+    from ..data.shapes import label_of
+    from ..plotting.rollout import to_display
+    from ..rollout import RolloutMaps, image_keys, iter_rollout
+    from ..scores import grid_mask, mask_share, pointing_hit
+
+    name = display_name(model)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    by_key = dict(zip(image_keys(imgs.paths), imgs.paths))
+    parts, shown = [], []
+    for x, part in iter_rollout(model, imgs, batch_size=batch_size, workers=workers, name=name,
+                                precision=precision):
+        parts.append(part)
+        if sheet and len(shown) < SHEET_IMAGES:
+            shown.extend(to_display(x, cfg["mean"], cfg["std"])[: SHEET_IMAGES - len(shown)])
+    imgs.check_used(sum(len(p) for p in parts))
+    maps = RolloutMaps.concat(parts)
+    paths = [Path(by_key[k]) for k in maps.names]
+    frame = pd.DataFrame({"model": name, "image": list(maps.names), "readout": maps.readout,
+                          "predicted": maps.predicted})
+    if _knows_shapes_labels(model) and maps.predicted is not None:
+        labels = [label_of(p) for p in paths]
+        frame["label"] = labels
+        frame["correct"] = [None if lab is None else bool(maps.predicted[i] == lab) for i, lab in enumerate(labels)]
+    why = ""
+    if masks is not None:
+        raw = [read_mask(masks, p) for p in paths]
+        fitted = [None if m is None else model_mask(m, imgs.transform) for m in raw]
+        size = tuple(maps.layout.input_size)
+        if any(m is None for m in raw):
+            why = f"{sum(m is None for m in raw)} images have no mask in {masks}"
+        elif any(m is None or m.shape != size for m in fitted):
+            why = f"{name}'s preprocessing has a step whose geometry vitlens cannot apply to masks"
+        else:
+            stack = np.stack(fitted)
+            frame["mask_share"] = mask_share(maps, stack)
+            frame["mask_area"] = grid_mask(stack, maps.layout).mean(axis=(-2, -1))
+            frame["pointing_hit"] = pointing_hit(maps, stack)
+    return frame, maps, shown, why
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous report's products (``--overwrite`` was given for them)."""
+    for name in PRODUCTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None = None,
+               cnns: Sequence[tuple[str, str | None]] | None = None, images: Sequence[str] | None = None,
+               masks: str | Path | None = None, num_images: int = 200, erf_images: int = ERF_IMAGES,
+               batch_size: int = 32, device: str = "cpu", precision: str = "fp32", workers: int = 0, seed: int = 0,
+               local_fraction: float = LOCAL_FRACTION, overwrite: bool = False, show_progress: bool = True,
+               command: str = "") -> Path:
+    """Run every analysis and write the report into ``out``; returns the path of ``index.html``.
+
+    Args:
+        vits, cnns: ``[(name, checkpoint or None), ...]``; both None: the shipped models.
+        images: image files or folders; None: ``num_images`` generated held-out shapes images (with
+            masks, written to ``out/shapes``), drawn with ``seed``.
+        masks: folder of object masks for ``images`` (same file names; nonzero is object), which
+            score the rollout maps; generated images bring their own.
+        num_images: images used (generated, or the first of ``images``).
+        erf_images: images the receptive fields average over (the first of those used).
+        precision: forward (and backward) passes of every analysis; reductions are float32 or more.
+        local_fraction: a head is local below this share of uniform attention's distance.
+    """
+    default = vits is None and cnns is None
+    vit_specs = [(n, None) for n in DEFAULT_VITS] if default else list(vits or [])
+    cnn_specs = [(n, None) for n in DEFAULT_CNNS] if default else list(cnns or [])
+    if not vit_specs and not cnn_specs:
+        raise VitlensError("no model given: pass --vit NAME and/or --cnn NAME, or neither for the shipped models.")
+    if num_images < 1 or erf_images < 1:
+        raise VitlensError(f"--num-images and --erf-images must be at least 1, got {num_images} and {erf_images}.")
+    if not 0 < local_fraction < 1:
+        raise VitlensError(f"--local-fraction must be between 0 and 1, got {local_fraction}.")
+    if masks is not None and not Path(masks).is_dir():
+        raise VitlensError(f"--masks {masks} is not a folder.")
+    out = prepare_out_dir(out, PRODUCTS, overwrite)
+    for given in [*(images or []), *([masks] if masks else [])]:
+        g = Path(given).resolve()
+        if any(g == (out / p).resolve() or (out / p).resolve() in g.parents for p in PRODUCTS):
+            raise VitlensError(f"{given} lies inside a previous report's products in {out}, which this run replaces; "
+                               "copy the images elsewhere or choose another --out.")
+    models = load_models(vit_specs + cnn_specs, device=device, seed=seed)
+    vit_models, cnn_models = models[:len(vit_specs)], models[len(vit_specs):]
+    for m in vit_models:
+        check_vit(m)
+    for m in cnn_models:
+        check_cnn(m)
+    distinct_names(models)
+    _clear(out)
+    steps = 1 + 4 * len(vit_models) + len(cnn_models) + 1  # images; distance, posembed, rollout, ERF; page
+    with progress(None, total=steps, desc="report", unit="step", enabled=show_progress) as bar:
+        return _run(out, vit_models, cnn_models, bar, default=default, images=images, masks=masks,
+                    num_images=num_images, erf_images=erf_images, batch_size=batch_size, device=device,
+                    precision=precision, workers=workers, seed=seed, local_fraction=local_fraction,
+                    show_progress=show_progress, command=command)
+
+
+def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_images, erf_images, batch_size,
+         device, precision, workers, seed, local_fraction, show_progress, command) -> Path:
+    import matplotlib.pyplot as plt
+
+    from ..plotting.distance import distance_figure
+    from ..plotting.posembed import plot_position_embedding_similarity
+    from ..plotting.receptive_field import receptive_field_figure
+    from .figures import plot_local_heads, plot_mask_scores
+    from ..plotting.rollout import plot_contact_sheet
+    from ..posembed import position_embedding_similarity
+
+    start = time.time()
+    models = list(vit_models) + list(cnn_models)
+
+    def step(what: str):
+        bar.set_postfix_str(what)
+        bar.update(1)
+
+    if images:
+        image_args = argparse.Namespace(images=list(images), num_images=num_images, sample=False, seed=seed)
+        mask_dir = Path(masks) if masks else None
+    else:
+        files = _shapes_images(out, num_images, seed)
+        image_args = argparse.Namespace(images=[str(p) for p in files], num_images=None, sample=False, seed=seed)
+        mask_dir = out / "shapes" / "masks"
+    sets = {id(m): images_for(m, image_args) for m in models}
+    n_files = len(next(iter(sets.values())).paths)
+    source = (", ".join(map(str, images)) + f" ({n_files} image files)" if images else
+              f"generated held-out shapes images (test split, seed {seed}, images {HELD_OUT_START} to "
+              f"{HELD_OUT_START + num_images - 1}; the models never saw them), in shapes/")
+    step("images")
+    figs, data = out / "figures", out / "data"
+    record = RunRecord("report", images=source, models=[], seed=seed, device=device, precision=precision)
+    sections = []
+
+    distances = []
+    for m in vit_models:
+        distances.append(attention_distance(m, sets[id(m)], batch_size=batch_size, name=display_name(m),
+                                            precision=precision, progress=show_progress, workers=workers))
+        step(f"attention distance {display_name(m)}")
+    if distances:
+        save_csv(data / "attention_distance.csv", pd.concat([d.to_frame() for d in distances], ignore_index=True))
+        fig = distance_figure(distances)
+        save_figure(fig, figs / "attention_distance.png")
+        plt.close(fig)
+        sections.append(sec.distance_section(distances))
+
+    pos, skipped = [], []
+    for m in vit_models:
+        try:
+            pos.append(position_embedding_similarity(m, name=display_name(m)))
+        except UnsupportedModelError as e:
+            skipped.append(f"{display_name(m)} ({e})")
+        step(f"position embeddings {display_name(m)}")
+    if pos:
+        write_json(data / "position_embeddings.json", [r.summary() for r in pos])
+        fig, _ = plot_position_embedding_similarity(pos, panel_size=4.6)
+        save_figure(fig, figs / "position_embeddings.png")
+        plt.close(fig)
+    if vit_models:
+        sections.append(sec.posembed_section(pos, skipped))
+
+    frames, unscored = [], []
+    for i, m in enumerate(vit_models):
+        frame, maps, shown, why = _rollout(m, sets[id(m)], batch_size, workers, mask_dir, sheet=i == 0,
+                                           precision=precision)
+        frames.append(frame)
+        if why:
+            unscored.append(why)
+        save_npz(data / f"rollout_{slug(display_name(m))}.npz",
+                 {k: v.astype(np.float32) for k, v in zip(maps.names, maps.maps)})
+        if i == 0:
+            fig = plot_contact_sheet(maps, shown, indices=range(len(shown)), ncols=8)
+            save_figure(fig, figs / "rollout.png")
+            plt.close(fig)
+        step(f"rollout {display_name(m)}")
+    if frames:
+        scores = pd.concat(frames, ignore_index=True)
+        save_csv(data / "rollout_scores.csv", scores)
+        if "mask_share" in scores and scores.mask_share.notna().any():
+            scored = scores[scores.mask_share.notna()].groupby("model", sort=False)
+            ax = plot_mask_scores({n: g.mask_share.to_numpy() for n, g in scored},
+                                  {n: g.mask_area.to_numpy() for n, g in scored})
+            save_figure(ax.figure, figs / "rollout_mask_share.png")
+            plt.close(ax.figure)
+        section = sec.rollout_section(scores, display_name(vit_models[0]))
+        if unscored:
+            section = replace(section, note="Masks not scored: " + "; ".join(unscored))
+        sections.append(section)
+
+    fields = []
+    for m in models:
+        erf_set = images_for(m, argparse.Namespace(**{**vars(image_args), "images": [str(p) for p in
+                                                                                    sets[id(m)].paths[:erf_images]],
+                                                      "num_images": None}))
+        fields.append(effective_receptive_field(m, erf_set, batch_size=batch_size, progress=show_progress,
+                                                name=display_name(m), precision=precision, workers=workers))
+        step(f"receptive field {display_name(m)}")
+    res = locality(distances, fields)
+    save_csv(data / "locality.csv", res.to_frame())
+    save_csv(data / "receptive_field.csv", pd.concat([f.to_frame() for f in fields], ignore_index=True))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    res.plot(ax=ax)
+    save_figure(fig, figs / "locality.png")
+    plt.close(fig)
+    fig = receptive_field_figure(fields)
+    save_figure(fig, figs / "receptive_field.png")
+    plt.close(fig)
+    sections.append(sec.locality_section(res))
+
+    by_name = {d.model: d for d in distances}
+    if default and all(n in by_name for n in DATA_PAIR):
+        full, less = by_name[DATA_PAIR[0]], by_name[DATA_PAIR[1]]
+        fig, ax = plt.subplots(figsize=(6.5, 4.3))
+        plot_local_heads([full, less], local_fraction, ax=ax)
+        save_figure(fig, figs / "less_data.png")
+        plt.close(fig)
+        sections.append(sec.data_section(full, less, local_fraction))
+
+    zoo = zoo_models()
+    for m, f in zip(models, fields):
+        n_used = distances[models.index(m)].n_images if m in vit_models else f.n_images
+        entry = {**model_record(m), "display_name": display_name(m), "kind": f.kind,
+                 "images": sets[id(m)].record(n_used), "erf_images": f.n_images}
+        z = zoo.get(model_record(m).get("name", ""))
+        if z is not None and z.accuracy is not None:
+            entry["held_out_accuracy"] = z.accuracy
+        record.data["models"].append(entry)
+    record.update(summary=res.summary(), seconds=round(time.time() - start, 1), sections=[s.title for s in sections],
+                  local_fraction=local_fraction, erf_images=erf_images)
+    record.save(out / "run.json")
+    skipped_files = {s["path"] for m in models for s in sets[id(m)].record(0)["skipped"]}
+    n_used = max(e["images"]["n_images"] for e in record.data["models"])
+    rows = [("images", f"{n_used} used ({min(f.n_images for f in fields)} for receptive fields); {source}"),
+            ("skipped files", f"{len(skipped_files)} (listed in run.json)")]
+    for e in record.data["models"]:
+        acc = f", held-out accuracy {100 * e['held_out_accuracy']:.2f}%" if "held_out_accuracy" in e else ""
+        rows.append((e["display_name"], f"{'CNN' if e['kind'] == 'cnn' else 'ViT'}; weights: {e.get('weights', '?')}{acc}"))
+    rows += [("device", device), ("precision", precision), ("seed", str(seed)),
+             ("time", f"{time.time() - start:.0f} s, finished {time.strftime('%Y-%m-%d %H:%M:%S')}"),
+             ("versions", ", ".join(f"{k} {v}" for k, v in versions().items()))]
+    page = render_page("vitlens report", f"{len(models)} models, {n_used} images. How far ViT heads look, what "
+                       "their position embeddings learned, where attention flows, and how local they are "
+                       "next to a CNN.", sections, rows, command=command)
+    index = write_text(out / "index.html", page)
+    step("page")
+    return index
