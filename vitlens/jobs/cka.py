@@ -156,7 +156,7 @@ def register(subparsers, common) -> None:
                    help="continue an interrupted run from the partial sums it saved in --out")
 
     def _run(args):
-        from ..cli import model_specs
+        from .common import model_specs
         run_cka(model_specs(args), args.images, args.out, random_init=args.random_init, device=args.device,
                 batch_size=args.batch_size, num_images=args.num_images, sample=args.sample, seed=args.seed,
                 workers=args.workers, representation=args.representation, layers_a=args.layers_a,

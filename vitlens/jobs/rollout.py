@@ -25,10 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from ..capture import attention_modules
-from ..data.images import ImageSet
-from ..distributed import context
+from ..data.images import ImageSet, model_transform
+from ..distributed import PeerStopped, context
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
 from ..precision import PRECISIONS
+from ..resume import Interrupted, StopRequest
 from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
                        image_keys, iter_rollout)
 from ..scores import FILLS, DeletionCurve, deletion_curve
@@ -88,7 +89,6 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         The run record (also written to ``out/run.json``).
     """
     import matplotlib.pyplot as plt
-    import timm.data
 
     from ..plotting.rollout import plot_contact_sheet, plot_overlay, to_display
 
@@ -114,12 +114,13 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         imageset = ImageSet.for_model(model, images, input_size=input_size, num_images=num_images,
                                       sample=sample, seed=seed)
         position = {k: i for i, k in enumerate(image_keys(imageset.paths))}
-        cfg = timm.data.resolve_data_config({}, model=model)
+        cfg = model_transform(model, input_size)[1]
         parts: list[RolloutMaps] = []
         curves: list[DeletionCurve] = []
         sheet: list[tuple[int, np.ndarray]] = []  # (image index, [height, width, 3]) for the contact sheet
         shard = ctx.shard(range(len(imageset)))
-        with progress(None, total=len(shard), desc=f"rollout {name}", enabled=show_progress and ctx.is_main) as bar:
+        def batches():
+            """Each batch's maps, overlays and deletion curves; yields the batch size when done."""
             for x, part in iter_rollout(model, imageset, method=method, head_fusion=head_fusion,
                                         discard_ratio=discard_ratio, residual_weight=residual_weight,
                                         start_layer=start_layer, end_layer=end_layer, target_class=target_class,
@@ -137,7 +138,16 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                     curves.append(deletion_curve(model, x, part, layout=part.layout, target_class=part.target,
                                                  steps=deletion_steps, fill=deletion_fill, batch_size=batch_size))
                 parts.append(part)
-                bar.update(x.shape[0])
+                yield x.shape[0]
+
+        with progress(None, total=len(shard), desc=f"rollout {name}", enabled=show_progress and ctx.is_main) as bar, \
+                StopRequest() as stop:
+            try:
+                for n in ctx.lockstep(batches(), stop):  # a failing or signalled process stops them all
+                    bar.update(n)
+            except PeerStopped as e:
+                raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so run the "
+                                  "command again.") from None
         result, curve, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves, sheet,
                                                                sheet_max)
         n_used = 0 if result is None else len(result)

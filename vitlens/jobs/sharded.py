@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..data.images import ImageSet, Skipped
+from ..distributed import PeerStopped
 from ..errors import VitlensError
 from ..resume import Interrupted, load_partial, partial_path, save_partial
 from .common import progress as progress_bar
@@ -54,8 +55,14 @@ def sharded_pass(ctx, stop, partial: Partial, mi: int, acc, imgs: ImageSet,
     """Run model ``mi``'s images through ``stream(indices)`` (which feeds ``acc`` and yields each
     batch's indices) and leave the totals over all processes in ``acc`` and ``imgs.skipped``.
 
+    Batches run in lock step with the other processes (:meth:`~vitlens.distributed.Context.lockstep`):
+    when one of them raises, every process stops after its batch at hand and the error is raised
+    (:class:`~vitlens.distributed.PeerFailed` on the others, naming it); when one is signalled,
+    every process saves its partial state.
+
     Raises:
-        Interrupted: a signal arrived; the partial state was saved first.
+        Interrupted: a signal arrived (here or in another process); the partial state was saved first.
+        PeerFailed: another process raised.
     """
     mine = partial.meta["models"].get(str(mi), {"done": [], "skipped": []})
     if str(mi) in partial.meta["models"]:
@@ -66,15 +73,16 @@ def sharded_pass(ctx, stop, partial: Partial, mi: int, acc, imgs: ImageSet,
     todo = [i for i in shard if i not in done]
     with progress_bar(None, total=len(shard), desc=desc, enabled=progress and ctx.is_main) as bar:
         bar.update(len(shard) - len(todo))
-        for idx in stream(todo):
-            done.update(idx)
-            bar.update(len(idx))
-            if stop.requested:
-                _remember(partial, mi, acc, imgs, done)
-                save_partial(partial.path, partial.arrays, partial.meta)
-                raise Interrupted(f"interrupted by {stop.signal_name} after {len(done)} of {len(shard)} images "
-                                  f"({desc}); partial sums saved in {partial.path}. Run the same command with "
-                                  "--resume to continue.")
+        try:
+            for idx in ctx.lockstep(stream(todo), stop):
+                done.update(idx)
+                bar.update(len(idx))
+        except PeerStopped as e:  # every process stops after the same batch, with consistent sums
+            _remember(partial, mi, acc, imgs, done)
+            save_partial(partial.path, partial.arrays, partial.meta)
+            raise Interrupted(f"interrupted by {e.signal_name} after {len(done)} of {len(shard)} images ({desc}); "
+                              f"partial sums saved in {partial.path}. Run the same command with --resume to "
+                              "continue.") from None
     _remember(partial, mi, acc, imgs, done)
     acc.load_state(ctx.all_reduce(acc.state(), ops=reduce_ops))
     imgs.skipped = sorted({s for part in ctx.gather(imgs.skipped) for s in part},
