@@ -59,6 +59,7 @@ import torch.nn as nn
 
 from .batches import check_images, iter_batches, num_images
 from .block_outputs import default_layers
+from .frozen import freeze_arrays
 from .errors import UnsupportedModelError
 from .families import forward_of
 from .field_geometry import pixel_distances, spread_and_radii
@@ -131,6 +132,9 @@ class ReceptiveField:
     n_images: int
     input_size: tuple[int, int]
     conventions: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        freeze_arrays(self)
 
     @property
     def num_layers(self) -> int:

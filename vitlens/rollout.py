@@ -42,6 +42,7 @@ import torch.nn as nn
 
 from .batches import iter_batches
 from .capture import attention_modules, capture_attention
+from .frozen import freeze_arrays
 from .errors import UnsupportedModelError, VitlensError
 from .families import forward_of
 from .layout import TokenLayout, token_layout
@@ -220,6 +221,9 @@ class RolloutMaps:
     target: np.ndarray | None = None
     model: str = ""
     indices: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        freeze_arrays(self)
 
     def __len__(self) -> int:
         return len(self.names)
