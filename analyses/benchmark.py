@@ -30,6 +30,9 @@ Comparisons (default sizes; ``--quick`` uses smaller ones):
    100 images, same batch size.
 6. Rollout and ERF again on a small model (``--small-model``, the shipped 64 px ViT by default),
    where a forward pass of one image is too small to keep the cores busy.
+7. CKA between the small ViT and the shipped ResNet: time against the two plain forward passes
+   over the same images, and peak resident memory of the ``vitlens cka`` process at 2000 images
+   against 100 (the Gram matrices are formed per minibatch and dropped).
 
 Peak memory is the child's ``VmHWM`` from ``/proc/self/status``. ``getrusage().ru_maxrss`` is not
 used: on Linux a child started with fork/vfork + exec inherits the parent's high-water mark in
@@ -59,8 +62,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-FULL = {"distance": 512, "rollout": 64, "erf": 32, "cost": 128, "cli": 512, "flat_lo": 100, "flat_hi": 2000}
-QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192}
+FULL = {"distance": 512, "rollout": 64, "erf": 32, "cost": 128, "cli": 512, "flat_lo": 100, "flat_hi": 2000,
+        "cka": 512}
+QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192, "cka": 64}
+CKA_CNN = "vitlens/resnet-tiny-shapes"  # CKA's second model: the shipped ResNet, beside the small ViT
 MIB = 1024 * 1024
 
 
@@ -345,6 +350,37 @@ def run_benchmark(args) -> dict:
             f32, f1 = nr / sbest["forward"], nr / sbest["forward_b1"]
             rows.append(row(f"{tag}: plain fused forward, batch {bs} / batch 1 (throughput)", f"{f32:.0f} img/s",
                             f"{f1:.0f} img/s", f32 / f1, "(ceiling)", None))
+
+        # ---------------------------------------------------------------- 7. CKA: cost and flat memory
+        if args.small_model:
+            from vitlens.cka import layer_cka
+            from vitlens.models import load_model
+            cnn = load_model(CKA_CNN, device=dev)
+            vit = load_model(args.small_model, device=dev)
+            nk = sizes["cka"]
+            xk = torch.cat([xb for xb, _ in ImageSet.for_model(vit, folder, num_images=nk).batches(bs)])
+            kjobs = {"forwards": lambda: (plain_forward(vit, xk, bs, dev), plain_forward(cnn, xk, bs, dev)),
+                     "cka": lambda: layer_cka(vit, xk, cnn, batch_size=bs)}
+            _timed_rounds(kjobs, 1, dev, "CKA warm-up")
+            kbest, ktimes, _ = _timed_rounds(kjobs, 2 * rounds - 1, dev, "CKA")
+            r = kbest["cka"] / kbest["forwards"]
+            rows.append(row(f"CKA {args.small_model} x {CKA_CNN}, {nk} images: time / the two plain forward passes",
+                            f"{kbest['cka']:.2f} s", f"{kbest['forwards']:.2f} s", r, "<= 1.15", r <= 1.15,
+                            cka_s=ktimes["cka"], forwards_s=ktimes["forwards"]))
+            kpeaks = {}
+            for count in (sizes["flat_lo"], sizes["flat_hi"]):
+                _say(f"flat memory: vitlens cka over {count} files")
+                rep_path = work / f"cka-{count}.json"
+                run_process([sys.executable, "-c", CLI_PROCESS, str(rep_path), "cka", "--model", args.small_model,
+                             "--model", CKA_CNN, "--images", str(folder), "--num-images", str(count),
+                             "--batch-size", str(bs), "--device", dev, "--out", str(work / f"cka-{count}")],
+                            work / f"cka-{count}.log")
+                kpeaks[count] = json.loads(rep_path.read_text())["peak_rss"]
+            lo, hi = sizes["flat_lo"], sizes["flat_hi"]
+            r = kpeaks[hi] / kpeaks[lo]
+            rows.append(row(f"`vitlens cka` process peak RSS, {hi} vs {lo} images (batch {bs})",
+                            f"{kpeaks[hi] / MIB:.0f} MiB", f"{kpeaks[lo] / MIB:.0f} MiB", r, "<= 1.10", r <= 1.10,
+                            peaks={str(k): v for k, v in sorted(kpeaks.items())}))
     finally:
         if args.keep:
             _say(f"kept {work}")
