@@ -103,6 +103,14 @@ def test_compare_command_matches_direct_analyses(shapes_dir, tmp_path, capsys):
     assert [m["kind"] for m in rec["models"]] == ["vit", "vit", "cnn"]
     assert all(m["images"]["n_images"] == 6 for m in rec["models"])
     assert rec["summary"][CNN]["erf_last_px"] == pytest.approx(f.spread_px[-1], rel=1e-5)
+    # each model's parameters and FLOPs at the size compared
+    for m, model in zip(rec["models"], (vit, load_model(VIT10), cnn)):
+        cost = m["cost"]
+        assert cost["input_px"] == 64
+        assert cost["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+        assert sum(v for k, v in cost["parameters"].items() if k != "total") == cost["parameters"]["total"]
+        assert cost["flops"]["total"] > 0
+    assert rec["models"][0]["cost"]["flops"]["attention"] > 0 and rec["models"][2]["cost"]["flops"]["attention"] == 0
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -61,11 +61,24 @@ def measure_locality(vits: Sequence[nn.Module], cnns: Sequence[nn.Module], args:
         f = effective_receptive_field(model, imgs, batch_size=batch_size, progress=progress, name=name,
                                       precision=precision, workers=workers)
         fields.append(f)
-        rec.update(receptive_field=f.to_dict(), images=imgs.record(f.n_images))
+        rec.update(receptive_field=f.to_dict(), images=imgs.record(f.n_images), cost=_cost(model, f.input_size[0]))
         if record is not None:
             record.data.setdefault("models", []).append(rec)
             record.data["image_files"] = [str(p) for p in imgs.paths]
     return locality(distances, fields)
+
+
+def _cost(model, input_px: int) -> dict:
+    """Parameters by part and FLOPs of one forward pass by part at the size compared (exact counts;
+    see :func:`vitlens.cost_profile`)."""
+    from ..cost import cost_profile
+
+    frame = cost_profile(model, [int(input_px)], measure_memory=False, measure_throughput=False).to_frame()
+    out = {"input_px": int(input_px)}
+    for quantity in ("parameters", "flops"):
+        rows = frame[frame.quantity == quantity]
+        out[quantity] = {str(p): int(v) for p, v in zip(rows.part, rows.value)}
+    return out
 
 
 def _summary(res: Locality) -> list[str]:
