@@ -128,10 +128,10 @@ def test_cnn_is_a_clear_error(tiny_cnn):
 
 
 def test_unknown_attention_module_is_named():
-    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=24,
-                             depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-    with pytest.raises(vitlens.UnsupportedModelError, match="WindowAttention"):
-        with vitlens.capture_attention(swin):
+    cait = timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                             depth=1, num_heads=2, depth_token_only=1)  # talking-heads attention
+    with pytest.raises(vitlens.UnsupportedModelError, match="TalkingHeadAttn"):
+        with vitlens.capture_attention(cait):
             pass
 
 

@@ -224,9 +224,9 @@ def test_registry_cache_and_unknown_models(models):
     assert ref() is None  # the cache keeps no model alive
     with pytest.raises(UnsupportedModelError, match="Linear.*transformers"):
         adapter_for(torch.nn.Linear(2, 2))
-    swin = transformers.SwinModel(transformers.SwinConfig(embed_dim=8, depths=[1], num_heads=[1], image_size=32))
-    with pytest.raises(UnsupportedModelError, match="swin"):
-        adapter_for(swin)
+    pvt = transformers.PvtModel(transformers.PvtConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1]))
+    with pytest.raises(UnsupportedModelError, match="pvt"):
+        adapter_for(pvt).attention_blocks()
 
 
 def test_load_local_directory(models, tmp_path):

@@ -18,7 +18,7 @@ from vitlens.layout import token_layout
 from vitlens.posembed import (PositionEmbeddingSimilarity, cosine_similarity_grid,
                               patch_position_embeddings, position_embedding_similarity,
                               row_column_excess, row_column_means, similarity_distance_correlation)
-from vitlens.plotting.posembed import auto_tile_step, plot_position_embedding_similarity
+from vitlens.plotting.posembed import auto_tile_step, position_embedding_figure
 
 WITH_TABLE = [f for f in FAMILIES if f not in ("beit", "eva_registers")]  # relative bias; RoPE only
 
@@ -259,7 +259,8 @@ def test_figure_draws_one_tile_per_shown_patch_and_notes():
     big = PositionEmbeddingSimilarity.from_embeddings(np.random.default_rng(0).normal(size=(37, 37, 8)),
                                                       model="big")
     eva = position_embedding_similarity(build("eva02"))
-    fig, axes = plot_position_embedding_similarity([big, eva])
+    fig = position_embedding_figure([big, eva])
+    axes = fig.axes
     try:
         labels = [t.get_text() for t in axes[0].get_xticklabels()]
         assert labels[0] == "1" and labels[-1] == "37" and len(labels) == 13   # every 3rd of 37

@@ -20,7 +20,8 @@ from vitlens.data.images import ImageSet
 from vitlens.errors import VitlensError
 from vitlens.layout import token_layout
 from vitlens.field_geometry import spread_and_radii
-from vitlens.receptive_field import (ReceptiveFieldAccumulator, default_layers, effective_receptive_field,
+from vitlens.block_outputs import default_layers
+from vitlens.receptive_field import (ReceptiveFieldAccumulator, effective_receptive_field,
                                      stream_receptive_field)
 from vitlens.theoretical_field import theoretical_receptive_field
 

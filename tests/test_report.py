@@ -3,6 +3,7 @@ custom models and images, and its errors."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -18,8 +19,10 @@ from vitlens.distance import attention_distance
 from vitlens.models import load_model
 from vitlens.data.images import ImageSet
 
-FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
-           "locality.png", "receptive_field.png", "less_data.png"]
+FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
+           "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
+           "receptive_field.png", "less_data.png"]
+EXPLORER_PICK = (1, 3, 2, 10)  # image, layer (from 1), head (from 1), query patch
 
 
 def _chromium() -> str | None:
@@ -80,6 +83,41 @@ def test_report_numbers_are_the_analyses(report):
     assert g.mask_share.mean() > g.mask_area.mean()
 
 
+def _captured(out):
+    """The shipped ViT's exact attention on the explorer's images, patch rows and columns."""
+    import torch
+
+    from vitlens.capture import capture_attention
+    from vitlens.report.explorer import decode_rows
+
+    js = (out / "data" / "explorer.js").read_text()
+    data = json.loads(js[js.index("=") + 1:].strip().rstrip(";"))
+    vit = load_model("vitlens/vit-tiny-shapes")
+    files = sorted((out / "shapes" / "images").glob("*.png"))[:len(data["images"])]
+    assert [e["name"] for e in data["images"]] == [f.name for f in files]
+    x = torch.cat([b for b, _ in ImageSet.for_model(vit, files).batches(8)])
+    with capture_attention(vit) as cap, torch.no_grad():
+        vit(x)
+    att = np.stack([m[:, :, 1:, 1:].numpy() for m in cap.maps], 1)  # [image, layer, head, query, key]
+    return data, att, decode_rows
+
+
+def test_explorer_data_are_the_captured_maps(report):
+    out, _ = report
+    data, att, decode_rows = _captured(out)
+    assert (data["num_layers"], data["num_heads"], data["num_patches"]) == att.shape[1:4] == (6, 4, 64)
+    for i in range(len(data["images"])):
+        stored = decode_rows(data, i)
+        bound = att[i].max(-1, keepdims=True) / 510 + 1e-6   # the stated quantisation
+        assert (np.abs(stored - att[i]) <= bound).all()
+    df = pd.read_csv(out / "data" / "attention_distance.csv")
+    got = df[df.model == "vitlens/vit-tiny-shapes"].distance_px.to_numpy()
+    np.testing.assert_allclose(np.ravel(data["head_distance_px"]), got, atol=1e-4)
+    page = (out / "index.html").read_text()
+    assert 'src="data/explorer.js"' in page and "Attention explorer" in page
+    assert "counted from 1 on this page" in page
+
+
 def test_report_page_loads_every_figure_in_chromium(report):
     browser = _chromium()
     if browser is None:
@@ -98,6 +136,18 @@ def test_report_page_loads_every_figure_in_chromium(report):
     dom = subprocess.run(cmd[:-1] + [broken.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert f'data-figures-loaded="{len(FIGURES) - 1}/{len(FIGURES)}"' in dom
     assert "figure missing: figures/missing.png" in dom
+    # the explorer loads and shows the captured attention of the picked head and query
+    image, layer, head, query = EXPLORER_PICK
+    url = (out / "index.html").resolve().as_uri() + f"#explorer={image},{layer},{head},{query}"
+    dom = subprocess.run(cmd[:-1] + [url], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-explorer="ready"' in dom
+    shown = json.loads(html.unescape(re.search(r'<pre id="ex-values"[^>]*>(.*?)</pre>', dom, re.S).group(1)))
+    data, att, _ = _captured(out)
+    row = att[image, layer - 1, head - 1, query]
+    assert (shown["image"], shown["layer"], shown["head"], shown["query"]) == (image, layer - 1, head - 1, query)
+    np.testing.assert_allclose(shown["values"], row, atol=row.max() / 510 + 1e-6)
+    d = data["head_distance_px"][layer - 1][head - 1]
+    assert f"layer {layer}, head {head}: mean attention distance {d:.1f} px" in dom
 
 
 def test_report_on_given_models_and_images_without_masks(tmp_path, capsys):

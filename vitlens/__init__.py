@@ -6,7 +6,7 @@ effective receptive field of ViTs and CNNs on one axis.
 """
 
 import importlib
-from typing import TYPE_CHECKING
+import typing
 
 __version__ = "0.1.0"
 
@@ -30,7 +30,7 @@ _EXPORTS = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-if TYPE_CHECKING:  # the same names, for type checkers and editors
+if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .capture import AttentionCapture, attention_modules, capture_attention
     from .cka import CKAResult, layer_cka
     from .cost import CostProfile, cost_profile

@@ -386,7 +386,7 @@ def layer_cka(model_a: nn.Module, images, model_b: nn.Module | None = None, *, i
         images: a float tensor ``[image, 3, height, width]`` preprocessed for ``model_a`` (and
             ``model_b``, unless ``images_b``), or an ImageSet.
         images_b: ``model_b``'s own preprocessing of the same files (same order) or images.
-        layers_a, layers_b: module names (default: :func:`~vitlens.receptive_field.default_layers`).
+        layers_a, layers_b: module names (default: :func:`~vitlens.block_outputs.default_layers`).
         representation: ``"tokens"``, ``"cls"`` or ``"mean"`` for ViT block outputs.
         batch_size: the CKA minibatch size (the estimate depends on it; batches under 4 are dropped).
         precision: forward pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); Gram matrices in float64.

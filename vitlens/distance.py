@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .batches import check_images, iter_batches, num_images
 from .capture import attention_modules, capture_attention
+from .frozen import freeze_arrays
 from .layout import TokenLayout, token_layout
 from .modes import eval_mode
 from .models import model_name
@@ -137,6 +138,9 @@ class AttentionDistance:
     layout: TokenLayout
     model: str = ""
     layer_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        freeze_arrays(self)
 
     @property
     def num_layers(self) -> int:
@@ -334,10 +338,18 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
 
 def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
                     units: Unit = "px") -> DistanceAccumulator:
-    """An empty accumulator shaped for ``model``'s layers, heads and token layout."""
+    """An empty accumulator shaped for ``model``'s layers, heads and token layout; for a windowed
+    model (its adapter has ``window_layout``: Swin, Swin-V2, SAM) a
+    :class:`~vitlens.windowed_distance.WindowedDistanceAccumulator` over its window layout."""
     from .families import adapter_for
 
-    blocks = adapter_for(model).attention_blocks()
+    adapter = adapter_for(model)
+    blocks = adapter.attention_blocks()
+    if hasattr(adapter, "window_layout"):
+        from .windowed_distance import WindowedDistanceAccumulator
+        return WindowedDistanceAccumulator(adapter.window_layout(input_size), [b.num_heads for b in blocks],
+                                           prefix_tokens=prefix_tokens, units=units,
+                                           device=next(model.parameters()).device)
     return DistanceAccumulator(token_layout(model, input_size), len(blocks), max(b.num_heads for b in blocks),
                                prefix_tokens=prefix_tokens, units=units,
                                device=next(model.parameters()).device)
@@ -351,6 +363,9 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
 
     Args:
         model: a ViT; it runs in eval mode inside the call and is left in the caller's mode.
+            For a windowed model (Swin, Swin-V2, SAM's encoder) the result is a
+            :class:`~vitlens.windowed_distance.WindowedAttentionDistance`, defined per window in
+            each block's un-shifted feature map (see :mod:`vitlens.windows`).
         images: an :class:`~vitlens.data.ImageSet` or a tensor ``[image, 3, height, width]``
             already preprocessed for the model.
         batch_size: images per forward pass (results do not depend on it).

@@ -406,13 +406,12 @@ class PositionEmbeddingSimilarity:
     def plot(self, ax=None, *, tile_step: int | None = None, **kwargs):
         """Draw the tile figure into ``ax`` (a new figure when None); returns the axes.
 
-        Keyword arguments go to :func:`vitlens.plotting.posembed.plot_position_embedding_similarity`.
+        Keyword arguments go to :func:`vitlens.plotting.posembed.position_embedding_figure`.
         """
-        from .plotting.posembed import plot_position_embedding_similarity
+        from .plotting.posembed import position_embedding_figure
 
-        _, axes = plot_position_embedding_similarity([self], axes=None if ax is None else [ax],
-                                                     tile_step=tile_step, **kwargs)
-        return axes[0]
+        fig = position_embedding_figure([self], axes=None if ax is None else [ax], tile_step=tile_step, **kwargs)
+        return ax if ax is not None else fig.axes[0]
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the figure and a short summary (:mod:`vitlens.display`)."""

@@ -71,7 +71,7 @@ from .precision import autocast, check_precision
 from .theoretical_field import TheoreticalField, theoretical_receptive_field
 
 __all__ = ["ReceptiveField", "ReceptiveFieldAccumulator", "effective_receptive_field",
-           "stream_receptive_field", "default_layers", "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
+           "stream_receptive_field", "OBJECTIVES", "INPUT_GRADIENTS", "UNIT_POSITIONS"]
 
 Objective = Literal["sum", "relu_sum"]
 InputGradient = Literal["abs", "relu"]

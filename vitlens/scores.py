@@ -26,8 +26,8 @@ import torch.nn as nn
 
 from .layout import TokenLayout, token_layout
 
-__all__ = ["box_mask", "grid_mask", "mask_share", "pointing_hit", "deletion_curve", "deletion_auc",
-           "DeletionCurve", "FILLS"]
+__all__ = ["box_mask", "grid_mask", "mask_share", "pointing_hit", "deletion_curve", "random_order_deletion",
+           "deletion_auc", "DeletionCurve", "FILLS"]
 
 FILLS = ("mean", "zero")
 
@@ -271,3 +271,22 @@ def deletion_curve(model: nn.Module, images: torch.Tensor, maps, *, layout: Toke
                          auc=deletion_auc(fractions, confidence), target=target.numpy(),
                          names=tuple(names) if names is not None else tuple(str(i) for i in range(n)),
                          fill=fill)
+
+
+def random_order_deletion(model: nn.Module, images: torch.Tensor, *, layout: TokenLayout | None = None,
+                          target_class=None, steps: int = 20, fill: str = "mean", batch_size: int = 32,
+                          names: Sequence[str] | None = None, seed: int = 0) -> DeletionCurve:
+    """The baseline of a deletion curve: the same removal, in a random order of patches.
+
+    Each image gets its own random order (a map of independent uniform values from a numpy
+    generator seeded with ``seed``; the global RNGs are not touched), then :func:`deletion_curve`
+    runs with those maps. A map is informative when its curve falls faster than this one (a lower
+    area under the curve). Arguments as :func:`deletion_curve`.
+    """
+    x = images[None] if images.ndim == 3 else images
+    layout = layout or token_layout(model, tuple(x.shape[-2:]))
+    gh, gw = layout.grid_size
+    random_maps = np.random.default_rng(seed).random((x.shape[0], gh, gw))
+    return deletion_curve(model, x, random_maps, layout=layout, target_class=target_class, steps=steps, fill=fill,
+                          batch_size=batch_size, names=names)
+

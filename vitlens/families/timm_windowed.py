@@ -208,6 +208,12 @@ class TimmWindowedAdapter(FamilyAdapter):
             return self.block_outputs()
         return [f"layers.{i}" for i in range(len(self.model.layers))]
 
+    def feature_map(self, name: str, output: torch.Tensor, input_size: int | Sequence[int] | None = None) -> torch.Tensor:
+        """A block's output ``[batch, height, width, channel]`` as ``[batch, channel, height, width]``."""
+        if name not in self.block_outputs() + self.stage_outputs():
+            raise UnsupportedModelError(f"{name} is not a block or stage of {type(self.model).__name__}")
+        return output.permute(0, 3, 1, 2)
+
     def patch_filters(self) -> torch.Tensor | None:
         proj = getattr(getattr(self.model, "patch_embed", None), "proj", None)
         if isinstance(proj, nn.Conv2d) and tuple(proj.kernel_size) == tuple(proj.stride) and proj.in_channels == 3:

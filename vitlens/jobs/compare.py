@@ -16,7 +16,8 @@ from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import token_layout
 from ..locality import Locality, locality
 from ..layout import is_vit
-from ..receptive_field import default_layers, effective_receptive_field
+from ..block_outputs import default_layers
+from ..receptive_field import effective_receptive_field
 from .common import (args_record, display_name, distinct_names, images_for, load_models,
                      model_record)
 

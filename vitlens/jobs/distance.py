@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..precision import PRECISIONS
@@ -40,12 +41,13 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     import matplotlib.pyplot as plt
 
     from ..plotting.distance import distance_figure
+    from ..plotting.windows import is_windowed, windowed_distance_figure
 
     ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
     models = load_models(specs, random_init=random_init, device=ctx.device, seed=seed)
     for model in models:  # refuse a CNN or an unknown attention before reading any image
-        token_layout(model)
+        _check_layout(model)
         attention_modules(model)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
     setup = {"models": [list(s) for s in specs], "images": [str(i) for i in images], "num_images": num_images,
@@ -83,7 +85,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
         if len(results) == 1:
             frame = frame.drop(columns="model")
         save_csv(out / "attention_distance.csv", frame)
-        fig = distance_figure(results)
+        fig = windowed_distance_figure(results) if any(map(is_windowed, results)) else distance_figure(results)
         save_figure(fig, out / "attention_distance.png")
         save_figure(fig, out / "attention_distance.svg")
         plt.close(fig)
@@ -95,7 +97,25 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     return results
 
 
+def _check_layout(model) -> None:
+    """A windowed model (Swin, Swin-V2, SAM) is read through its window layout, any other ViT
+    through its token layout; either raises UnsupportedModelError when there is none."""
+    from ..families import adapter_for
+
+    adapter = adapter_for(model)
+    if hasattr(adapter, "window_layout"):
+        adapter.window_layout()
+    else:
+        token_layout(model)
+
+
 def _summary(r: AttentionDistance) -> str:
+    if hasattr(r, "uniform_by_layer"):  # windowed: per-block references, heads padded with NaN
+        per_layer = np.nanmean(r.distance, axis=1)
+        return (f"{r.model}: {r.n_images} images, {r.num_layers} attention blocks in {len(set(r.stage.tolist()))} "
+                f"stages; mean distance {per_layer[0]:.1f} {r.units} in block 1 (uniform window: "
+                f"{r.uniform_by_layer[0]:.1f}) to {per_layer[-1]:.1f} {r.units} in block {r.num_layers} "
+                f"(uniform window: {r.uniform_by_layer[-1]:.1f})")
     per_layer = r.distance.mean(1)
     return (f"{r.model}: {r.n_images} images, {r.num_layers} layers x {r.num_heads} heads; mean distance "
             f"{per_layer[0]:.1f} {r.units} in layer 1 to {per_layer[-1]:.1f} {r.units} in layer {r.num_layers} "

@@ -24,7 +24,7 @@ from .sharded import open_partial, sharded_pass
 
 __all__ = ["run_erf", "register", "PRODUCTS"]
 
-PRODUCTS = ["receptive_field.csv", "receptive_field.png", "run.json"]
+PRODUCTS = ["receptive_field.csv", "receptive_field.png", "receptive_field.svg", "run.json"]
 
 
 def _load(spec: tuple[str, str | None], random_init: bool, device: str, size: tuple[int, int] | None,
@@ -103,9 +103,10 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
         save_csv(out / "receptive_field.csv", pd.concat([r.to_frame() for r in results], ignore_index=True))
         fig = receptive_field_figure(results)
         save_figure(fig, out / "receptive_field.png")
+        save_figure(fig, out / "receptive_field.svg")
         plt.close(fig)
         record.save(out / "run.json")
-        print(f"wrote {out / 'receptive_field.csv'}, receptive_field.png and run.json")
+        print(f"wrote {out / 'receptive_field.csv'}, receptive_field.png, receptive_field.svg and run.json")
     ctx.barrier()
     clear_partial(out, "erf", ctx.rank)
     ctx.close()

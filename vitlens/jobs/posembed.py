@@ -106,11 +106,11 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
 
     import matplotlib.pyplot as plt
 
-    from ..plotting.posembed import auto_tile_step, plot_position_embedding_similarity
+    from ..plotting.posembed import auto_tile_step, position_embedding_figure
 
     for res, npy in zip(results, npy_names):
         save_npy(out / npy, res.similarity)
-    fig, _ = plot_position_embedding_similarity(results, tile_step=tile_step)
+    fig = position_embedding_figure(results, tile_step=tile_step)
     try:
         save_figure(fig, out / f"{FIGURE_STEM}.png")
         save_figure(fig, out / f"{FIGURE_STEM}.svg")

@@ -90,7 +90,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
     """
     import matplotlib.pyplot as plt
 
-    from ..plotting.rollout import plot_contact_sheet, plot_overlay, to_display
+    from ..plotting.rollout import contact_sheet_figure, plot_overlay, to_display
 
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
     if deletion_fill not in FILLS or deletion_steps < 0 or batch_size < 1:
@@ -162,7 +162,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                  "target": None if result.target is None else dict(zip(result.names, result.target.tolist()))}
         if ctx.is_main:
             save_npz(dest / "rollout.npz", {k: m.astype(np.float32) for k, m in zip(result.names, result.maps)})
-            fig = plot_contact_sheet(result, shown_sheet, indices=range(len(shown_sheet)), scale=_SCALE)
+            fig = contact_sheet_figure(result, shown_sheet, indices=range(len(shown_sheet)), scale=_SCALE)
             save_figure(fig, dest / "contact_sheet.png")
             plt.close(fig)
         if curve is not None:

@@ -13,9 +13,20 @@ __all__ = ["plot_distance_by_depth", "plot_sorted_heads", "distance_figure"]
 _UNIT_LABEL = {"px": "pixels", "patches": "patches", "fraction": "fraction of image side"}
 
 
-def _top(results) -> float:
-    vals = [max(np.nanmax(r.distance), r.uniform) for r in results if r.distance.size]
-    return float(max(vals)) if vals else 1.0
+def _limits(results) -> tuple[float, float]:
+    """A y range that spans the data and the uniform-attention line, with a margin, rather than
+    starting at 0: heads that differ by a few pixels stay apart."""
+    vals = [v for r in results if r.distance.size for v in (np.nanmin(r.distance), np.nanmax(r.distance), r.uniform)]
+    vals = [float(v) for v in vals if np.isfinite(v)]
+    if not vals:
+        return 0.0, 1.0
+    lo, hi = min(vals), max(vals)
+    pad = 0.08 * (hi - lo) if hi > lo else max(0.5, 0.1 * abs(hi))
+    return max(0.0, lo - pad), hi + pad
+
+
+def _images(r) -> str:
+    return f"{r.n_images} image" + ("" if r.n_images == 1 else "s")
 
 
 def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True, show_mean: bool = True):
@@ -32,7 +43,7 @@ def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True
         offset = (i - (n - 1) / 2) * min(0.25, 0.6 / max(n, 1))
         x = np.repeat(np.arange(1, L + 1), H) + offset
         ax.scatter(x, r.distance.ravel(), s=16, color=color, alpha=0.8, edgecolors="none",
-                   label=f"{r.model} ({r.n_images} images)" if r.model else f"{r.n_images} images")
+                   label=f"{r.model} ({_images(r)})" if r.model else _images(r))
         if show_mean:
             ax.plot(np.arange(1, L + 1) + offset, np.nanmean(r.distance, axis=1), color=color, lw=1, alpha=0.6)
     if reference:
@@ -43,11 +54,11 @@ def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True
                         fontsize=8, color="0.3")
     units = results[0].units if results else "px"
     L = max(r.num_layers for r in results) if results else 1
-    ax.set_xlabel("network depth (layer)")
+    ax.set_xlabel("network depth (layer, from 1)")
     ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(units, units)})")
     ax.set_xticks(range(1, L + 1, max(1, L // 12)))
     ax.set_xlim(0.4, L + 0.6)
-    ax.set_ylim(0, 1.12 * _top(results))
+    ax.set_ylim(*_limits(results))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", frameon=False, markerscale=1.5)
     return ax
@@ -73,7 +84,7 @@ def plot_sorted_heads(result, ax=None, *, layers: Sequence[int] | None = None):
     ax.set_xlabel("attention head (sorted by distance)")
     ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(result.units, result.units)})")
     ax.set_title(result.model or "", fontsize=9)
-    ax.set_ylim(0, 1.12 * _top([result]))
+    ax.set_ylim(*_limits([result]))
     ax.set_xticks(range(H))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)

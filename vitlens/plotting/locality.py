@@ -13,9 +13,10 @@ __all__ = ["plot_locality"]
 def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, reference: bool = True):
     """x = relative depth (0 = first layer, 1 = last), y = pixels; one colour per model.
 
-    ViTs: every head's mean attention distance a dot, the layer mean a solid line with circles,
-    the ViT's own ERF spread a dashed line with triangles. CNNs: ERF spread, a solid line with
-    squares. ``band`` shades each ERF's r50 to r90 radii; ``reference`` draws the distance of
+    The two quantities differ and are drawn apart: attention distance (a mean over all queries
+    and images, ViTs only) as filled dots per head and a solid line of layer means; the gradient
+    spread of the effective receptive field (one centre unit) as a dashed line with hollow markers,
+    triangles for ViTs and squares for CNNs. ``band`` shades each ERF's r50 to r90 radii; ``reference`` draws the distance of
     uniform attention over the whole input (grey, dotted), where a head that looks everywhere sits.
 
     Args:
@@ -27,6 +28,7 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     ax = new_axes(ax, figsize=(7.0, 4.6))
     colors = {m: MODEL_COLORS[i % len(MODEL_COLORS)] for i, m in enumerate(result.models)}
     top = 1.0
+    drawn: set[float] = set()
     for d in result.distances:
         c = colors[d.model]
         L, H = d.distance.shape
@@ -36,9 +38,10 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
             ax.scatter(np.repeat(x, H), d.distance.ravel(), s=12, color=c, alpha=0.45, edgecolors="none")
         ux = np.unique(x)  # one point per block (parallel blocks hold several attention layers)
         ax.plot(ux, [np.nanmean(d.distance[x == v]) for v in ux], color=c, lw=1.8, marker="o", ms=4,
-                label=f"{d.model}: attention distance ({'heads, ' if heads else ''}mean; {side[0]} px input)")
+                label=f"{d.model}: attention distance, mean over all queries ({side[0]} px input)")
         top = max(top, float(np.nanmax(d.distance, initial=0.0)), d.uniform)
-        if reference:
+        if reference and round(d.uniform, 3) not in drawn:  # one line and label per distinct reference
+            drawn.add(round(d.uniform, 3))
             ax.axhline(d.uniform, color="0.5", ls=":", lw=1)
             ax.annotate(f"uniform attention, {side[0]} px input: {d.uniform:.1f}", xy=(1, d.uniform),
                         xycoords=("axes fraction", "data"), xytext=(-4, 3), textcoords="offset points",
@@ -47,8 +50,8 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
         c = colors[f.model]
         x = np.asarray(f.depth_fraction, dtype=float)
         vit = f.kind == "vit"
-        ax.plot(x, f.spread_px, color=c, lw=1.8, ls="--" if vit else "-", marker="^" if vit else "s", ms=5,
-                label=f"{f.model}: {'ViT' if vit else 'CNN'} receptive-field spread ({f.input_size[0]} px input)")
+        ax.plot(x, f.spread_px, color=c, lw=1.4, ls="--", marker="^" if vit else "s", ms=5, mfc="white",
+                label=f"{f.model}: gradient spread of the centre unit ({f.input_size[0]} px input)")
         top = max(top, float(np.nanmax(f.spread_px, initial=0.0)))
         if band:
             ax.fill_between(x, f.r50_px, f.r90_px, color=c, alpha=0.12, lw=0)
@@ -57,7 +60,8 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     ax.set_ylim(0, 1.15 * top)
     ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
     ax.set_ylabel("distance (input pixels)")
-    ax.set_title("How far each layer looks: ViT attention vs receptive fields", fontsize=10)
+    ax.set_title("Two different measures on one pixel axis: attention distance (solid, filled) and\n"
+                 "gradient spread of one centre unit (dashed, hollow)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1 if len(result.models) < 3 else 2,
               frameon=False)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_position_embedding_similarity", "auto_tile_step"]
+__all__ = ["position_embedding_figure", "auto_tile_step"]
 
 MAX_TILES = 16  # per side, before tiles are thinned automatically
 
@@ -59,10 +59,10 @@ def _fmt(v) -> str:
     return "0.00" if text in ("+0.00", "-0.00") else text
 
 
-def plot_position_embedding_similarity(results, *, tile_step: int | None = None, axes=None,
-                                       cmap: str = "viridis", vmin: float = -1.0, vmax: float = 1.0,
-                                       show_summary: bool = True, colorbar: bool = True,
-                                       panel_size: float = 5.0):
+def position_embedding_figure(results, *, tile_step: int | None = None, axes=None,
+                              cmap: str = "viridis", vmin: float = -1.0, vmax: float = 1.0,
+                              show_summary: bool = True, colorbar: bool = True,
+                              panel_size: float = 5.0):
     """Tile figure of one or several :class:`~vitlens.posembed.PositionEmbeddingSimilarity` results.
 
     Args:
@@ -77,7 +77,7 @@ def plot_position_embedding_similarity(results, *, tile_step: int | None = None,
         panel_size: width of one panel in inches when a new figure is made.
 
     Returns:
-        ``(figure, list of axes)``.
+        The figure; its first axes are the panels, one per result, in order.
     """
     import matplotlib.pyplot as plt
 
@@ -127,4 +127,4 @@ def plot_position_embedding_similarity(results, *, tile_step: int | None = None,
                         textcoords="offset points", ha="center", va="top", fontsize=7, color="#444444")
     if colorbar and image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="Cosine similarity")
-    return fig, axes
+    return fig

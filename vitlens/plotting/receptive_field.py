@@ -8,11 +8,15 @@ import numpy as np
 
 from . import MODEL_COLORS, new_axes
 
-__all__ = ["plot_spread", "plot_maps", "receptive_field_figure"]
+__all__ = ["plot_spread", "draw_maps", "receptive_field_figure"]
+
+
+HATCHES = ["//", "\\\\", "..", "xx", "--", "||", "++", "oo"]
 
 
 def _label(r) -> str:
-    return f"{r.model} ({r.n_images} images)" if r.model else f"{r.n_images} images"
+    n = f"{r.n_images} image" + ("" if r.n_images == 1 else "s")
+    return f"{r.model} ({n})" if r.model else n
 
 
 def plot_spread(results: Sequence, ax=None, *, x: str = "auto", band: bool = True, uniform: bool = True):
@@ -40,8 +44,12 @@ def plot_spread(results: Sequence, ax=None, *, x: str = "auto", band: bool = Tru
         xs = np.asarray(getattr(r, x), dtype=float)
         ax.plot(xs, r.spread_px, marker="o", ms=4, lw=1.5, color=color, label=_label(r))
         top = max(top, float(np.nanmax(r.spread_px, initial=0.0)))
-        if band:
-            ax.fill_between(xs, r.r50_px, r.r90_px, color=color, alpha=0.15, lw=0)
+        if band:  # each model's band: its own hatch and edge lines, so overlapping bands stay apart
+            ax.fill_between(xs, r.r50_px, r.r90_px, facecolor=color, alpha=0.10, lw=0)
+            ax.fill_between(xs, r.r50_px, r.r90_px, facecolor="none", edgecolor=color, alpha=0.45, lw=0,
+                            hatch=HATCHES[i % len(HATCHES)])
+            ax.plot(xs, r.r50_px, color=color, lw=0.8, ls=(0, (1, 1)))
+            ax.plot(xs, r.r90_px, color=color, lw=0.8, ls=(0, (4, 2)))
             top = max(top, float(np.nanmax(r.r90_px, initial=0.0)))
         if uniform and len(r.uniform_spread_px):
             u = float(np.mean(r.uniform_spread_px))
@@ -56,9 +64,10 @@ def plot_spread(results: Sequence, ax=None, *, x: str = "auto", band: bool = Tru
     else:
         ax.set_xlabel("network depth (0 = first layer, 1 = last)" if x == "depth_fraction" else "network depth (layer)")
     ax.set_ylabel("distance from the centre unit (pixels)")
-    ax.set_ylim(0, 1.1 * top)
+    ax.set_ylim(0, 1.05 * top)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    # the legend sits outside the axes, never over the data
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
     return ax
 
 
@@ -69,7 +78,7 @@ def _pick(n: int, k: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, k)})
 
 
-def plot_maps(result, axes=None, *, max_maps: int = 8, gamma: float = 0.5, circles: bool = True):
+def draw_maps(result, axes=None, *, max_maps: int = 8, gamma: float = 0.5, circles: bool = True):
     """One ERF heatmap per layer (at most ``max_maps``, evenly spaced through depth).
 
     Each map is divided by its own maximum and drawn on a power scale (``gamma``; 0.5 is a square
@@ -122,13 +131,13 @@ def receptive_field_figure(results: Sequence, *, max_maps: int = 8):
                           width_ratios=[1.0] * cols + [0.06], hspace=0.55, wspace=0.12)
     ax = fig.add_subplot(gs[0, :cols])
     plot_spread(results, ax=ax)
-    ax.set_title("effective receptive field by depth: spread (line), r50 to r90 (band), "
-                 "whole-image spread (dotted)", fontsize=9)
+    ax.set_title("effective receptive field by depth: spread (line with dots), r50 (dotted edge) to r90 "
+                 "(dashed edge) as a hatched band per model, whole-image spread (dotted)", fontsize=9)
     im = None
     for row, r in enumerate(results):
         k = len(_pick(r.num_layers, max_maps))
         axes = [fig.add_subplot(gs[1 + row, c]) for c in range(k)]
-        _, im = plot_maps(r, axes=axes, max_maps=max_maps)
+        _, im = draw_maps(r, axes=axes, max_maps=max_maps)
         color = MODEL_COLORS[row % len(MODEL_COLORS)]
         axes[0].set_ylabel(r.model, fontsize=8, color=color)
     if im is not None:

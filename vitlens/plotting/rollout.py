@@ -17,7 +17,7 @@ import numpy as np
 
 from . import MODEL_COLORS, new_axes
 
-__all__ = ["to_display", "plot_overlay", "plot_contact_sheet", "plot_deletion", "SCALES"]
+__all__ = ["to_display", "plot_overlay", "contact_sheet_figure", "plot_deletion", "SCALES"]
 
 
 def to_display(x, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -74,9 +74,10 @@ def plot_overlay(rmap: np.ndarray, image: np.ndarray | None = None, *, layout, a
     return ax
 
 
-def plot_contact_sheet(result, images: Sequence[np.ndarray] | None = None, *, indices: Sequence[int] | None = None,
+def contact_sheet_figure(result, images: Sequence[np.ndarray] | None = None, *, indices: Sequence[int] | None = None,
                        ncols: int | None = None, tile: float = 1.9, alpha: float = 0.8, cmap: str = "inferno",
-                       interpolation: str = "bilinear", scale: str = "minmax", title: str | None = None):
+                       interpolation: str = "bilinear", scale: str = "minmax", title: str | None = None,
+                       labels: Sequence[str] | None = None, colorbar: bool = True):
     """All overlays of a :class:`~vitlens.rollout.RolloutMaps` on one figure.
 
     Args:
@@ -84,6 +85,8 @@ def plot_contact_sheet(result, images: Sequence[np.ndarray] | None = None, *, in
         images: display images ``[height, width, 3]`` in [0, 1], one per drawn map (same order).
         indices: which maps to draw (default: all).
         ncols: tiles per row (default: about square).
+        labels: one line per drawn map under its name (the true and predicted class, for example).
+        colorbar: one colour bar for the sheet, from each map's low end (0) to its high end (1).
 
     Returns:
         The figure.
@@ -106,31 +109,45 @@ def plot_contact_sheet(result, images: Sequence[np.ndarray] | None = None, *, in
         label = result.names[i]
         if len(label) > 22:
             label = "..." + label[-19:]
-        if result.target is not None and result.method != "rollout":
+        if labels is not None:
+            label += f"\n{labels[k]}"
+        elif result.target is not None and result.method != "rollout":
             label += f"\nclass {int(result.target[i])}"
         plot_overlay(result.maps[i], None if images is None else images[k], layout=result.layout, ax=ax,
                      alpha=alpha, cmap=cmap, interpolation=interpolation, scale=scale, title=label,
                      colorbar=False)
     span = "its min to its max" if scale == "minmax" else "0 to its max"
+    if colorbar and idx:
+        import matplotlib as mpl
+
+        sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=cmap)
+        cb = fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
+        cb.set_label(f"each map from {span} (0 to 1)", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
     fig.suptitle(title or f"{result.model}: {result.method}, {len(idx)} images (colour: each map from {span})",
                  fontsize=9)
     return fig
 
 
-def plot_deletion(curve, ax=None, max_lines: int = 50):
+def plot_deletion(curve, ax=None, max_lines: int = 50, baseline=None):
     """Confidence against the fraction of patches removed: thin lines per image (up to
-    ``max_lines``), the mean in bold with its area under the curve. Returns the axes."""
+    ``max_lines``), the mean in bold with its area under the curve, and, with ``baseline`` (a
+    :func:`~vitlens.scores.random_order_deletion` curve), the mean of removing patches in a random
+    order, dashed grey. Returns the axes."""
     ax = new_axes(ax, figsize=(4.5, 3.4))
     x = curve.fractions
     for row in curve.confidence[:max_lines]:
         ax.plot(x, row, color=MODEL_COLORS[0], alpha=0.25, linewidth=0.8)
     mean = curve.confidence.mean(axis=0)
     ax.plot(x, mean, color=MODEL_COLORS[1], linewidth=2.0,
-            label=f"mean of {len(curve.names)} (mean AUC {float(curve.auc.mean()):.3f})")
+            label=f"map order, mean of {len(curve.names)} (mean AUC {float(curve.auc.mean()):.3f})")
+    if baseline is not None:
+        ax.plot(baseline.fractions, baseline.confidence.mean(axis=0), color="0.35", ls="--", linewidth=1.8,
+                label=f"random order, mean of {len(baseline.names)} (mean AUC {float(baseline.auc.mean()):.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, None)
     ax.set_xlabel("fraction of patches removed (most attended first)")
     ax.set_ylabel("probability of target class")
-    ax.set_title(f"deletion curve (fill: {curve.fill})", fontsize=9)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"deletion curve (fill: {curve.fill}); lower area: a more telling map", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     return ax

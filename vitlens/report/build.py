@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn as nn
 
 from ..data.images import ImageSet
@@ -31,6 +32,7 @@ from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz, ve
 from ..locality import locality
 from ..models import zoo_models
 from ..receptive_field import effective_receptive_field
+from .figures import sheet_labels
 from .page import render_page
 from . import sections as sec
 from ..slugs import slug
@@ -47,6 +49,7 @@ HELD_OUT_START = 2000  # the shipped models' accuracy used test-split images 0 t
 LOCAL_FRACTION = 0.5  # a head is local when its distance is below this share of uniform attention's
 ERF_IMAGES = 64  # receptive fields take one backward pass per layer: averaged over fewer images
 SHEET_IMAGES = 16
+EXPLORER_IMAGES = 3  # images in the attention explorer (every head of every layer is stored for each)
 PRODUCTS = ["index.html", "run.json", "figures", "data", "shapes"]
 def _shapes_images(out: Path, n: int, seed: int) -> list[Path]:
     from ..data.shapes import save_images
@@ -74,14 +77,17 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, ma
     name = display_name(model)
     cfg = timm.data.resolve_data_config({}, model=model)
     by_key = dict(zip(image_keys(imgs.paths), imgs.paths))
-    parts, shown = [], []
+    parts, shown, first = [], [], []
     for x, part in iter_rollout(model, imgs, batch_size=batch_size, workers=workers, name=name,
                                 precision=precision):
         parts.append(part)
         if sheet and len(shown) < SHEET_IMAGES:
             shown.extend(to_display(x, cfg["mean"], cfg["std"])[: SHEET_IMAGES - len(shown)])
+        if sum(len(f) for f in first) < EXPLORER_IMAGES:
+            first.append(x[: EXPLORER_IMAGES - sum(len(f) for f in first)])
     imgs.check_used(sum(len(p) for p in parts))
     maps = RolloutMaps.concat(parts)
+    names = list(getattr(model, "pretrained_cfg", {}).get("label_names") or [])
     paths = [Path(by_key[k]) for k in maps.names]
     frame = pd.DataFrame({"model": name, "image": list(maps.names), "readout": maps.readout,
                           "predicted": maps.predicted})
@@ -103,7 +109,19 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, ma
             frame["mask_share"] = mask_share(maps, stack)
             frame["mask_area"] = grid_mask(stack, maps.layout).mean(axis=(-2, -1))
             frame["pointing_hit"] = pointing_hit(maps, stack)
-    return frame, maps, shown, why
+    return frame, maps, shown, why, sheet_labels(frame.head(len(shown)), names), torch.cat(first)
+
+
+
+def _explorer(out: Path, model: nn.Module, x, shown, names, distance) -> "sec.Section":
+    """Write the explorer's data for the first images and return its section."""
+    from .explorer import EXPLORER_JS, QUANTISATION, explorer_data, viewer_html, write_explorer_data
+
+    n = min(len(x), len(shown))
+    data = explorer_data(model, x[:n], shown[:n], names[:n], head_distance=distance.distance,
+                         distance_images=distance.n_images, model_name=display_name(model))
+    write_explorer_data(out, data)
+    return sec.explorer_section(data, viewer_html(EXPLORER_JS), QUANTISATION)
 
 
 def _clear(out: Path) -> None:
@@ -173,10 +191,10 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
     import matplotlib.pyplot as plt
 
     from ..plotting.distance import distance_figure
-    from ..plotting.posembed import plot_position_embedding_similarity
+    from ..plotting.posembed import position_embedding_figure
     from ..plotting.receptive_field import receptive_field_figure
     from .figures import plot_local_heads, plot_mask_scores
-    from ..plotting.rollout import plot_contact_sheet
+    from ..plotting.rollout import contact_sheet_figure
     from ..posembed import position_embedding_similarity
 
     start = time.time()
@@ -224,25 +242,28 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
         step(f"position embeddings {display_name(m)}")
     if pos:
         write_json(data / "position_embeddings.json", [r.summary() for r in pos])
-        fig, _ = plot_position_embedding_similarity(pos, panel_size=4.6)
+        fig = position_embedding_figure(pos, panel_size=4.6)
         save_figure(fig, figs / "position_embeddings.png")
         plt.close(fig)
     if vit_models:
         sections.append(sec.posembed_section(pos, skipped))
 
-    frames, unscored = [], []
+    frames, unscored, sheets = [], [], []
     for i, m in enumerate(vit_models):
-        frame, maps, shown, why = _rollout(m, sets[id(m)], batch_size, workers, mask_dir, sheet=i == 0,
-                                           precision=precision)
+        frame, maps, shown, why, labels, first = _rollout(m, sets[id(m)], batch_size, workers, mask_dir, sheet=True,
+                                                          precision=precision)
+        if i == 0:
+            explorer = _explorer(out, m, first, shown, maps.names, distances[0])
         frames.append(frame)
         if why:
             unscored.append(why)
         save_npz(data / f"rollout_{slug(display_name(m))}.npz",
                  {k: v.astype(np.float32) for k, v in zip(maps.names, maps.maps)})
-        if i == 0:
-            fig = plot_contact_sheet(maps, shown, indices=range(len(shown)), ncols=8)
-            save_figure(fig, figs / "rollout.png")
-            plt.close(fig)
+        sheet = "rollout.png" if i == 0 else f"rollout_{slug(display_name(m))}.png"
+        fig = contact_sheet_figure(maps, shown, indices=range(len(shown)), ncols=8, labels=labels)
+        save_figure(fig, figs / sheet)
+        plt.close(fig)
+        sheets.append((display_name(m), f"figures/{sheet}"))
         step(f"rollout {display_name(m)}")
     if frames:
         scores = pd.concat(frames, ignore_index=True)
@@ -253,10 +274,11 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
                                   {n: g.mask_area.to_numpy() for n, g in scored})
             save_figure(ax.figure, figs / "rollout_mask_share.png")
             plt.close(ax.figure)
-        section = sec.rollout_section(scores, display_name(vit_models[0]))
+        section = sec.rollout_section(scores, sheets)
         if unscored:
             section = replace(section, note="Masks not scored: " + "; ".join(unscored))
         sections.append(section)
+        sections.append(explorer)
 
     fields = []
     for m in models:
@@ -305,13 +327,15 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
             ("skipped files", f"{len(skipped_files)} (listed in run.json)")]
     for e in record.data["models"]:
         acc = f", held-out accuracy {100 * e['held_out_accuracy']:.2f}%" if "held_out_accuracy" in e else ""
-        rows.append((e["display_name"], f"{'CNN' if e['kind'] == 'cnn' else 'ViT'}; weights: {e.get('weights', '?')}{acc}"))
+        init = f"; initialisation: {e['initialisation']['initialisation']}" if e.get("initialisation") else ""
+        rows.append((e["display_name"], f"{'CNN' if e['kind'] == 'cnn' else 'ViT'}; weights: {e.get('weights', '?')}"
+                                        f"{acc}{init}"))
     rows += [("device", device), ("precision", precision), ("seed", str(seed)),
              ("time", f"{time.time() - start:.0f} s, finished {time.strftime('%Y-%m-%d %H:%M:%S')}"),
              ("versions", ", ".join(f"{k} {v}" for k, v in versions().items()))]
     page = render_page("vitlens report", f"{len(models)} models, {n_used} images. How far ViT heads look, what "
                        "their position embeddings learned, where attention flows, and how local they are "
-                       "next to a CNN.", sections, rows, command=command)
+                       "next to a CNN. " + sec.INDEXING, sections, rows, command=command)
     index = write_text(out / "index.html", page)
     step("page")
     return index

@@ -36,6 +36,8 @@ class Section:
         numbers: key numbers as ``(label, value)`` pairs, shown as a table.
         files: data files behind the section, as ``(label, path relative to the page)``.
         note: a remark in small print (a skipped part, a caveat).
+        html: markup of the page's own making placed after the reading (the attention explorer);
+            never text from outside the report.
     """
 
     title: str
@@ -45,6 +47,7 @@ class Section:
     files: Sequence[tuple[str, str]] = ()
     note: str = ""
     anchor: str = field(default="")
+    html: str = ""
 
 
 _CSS = """
@@ -82,6 +85,8 @@ def _section(s: Section) -> str:
     parts = [f'<section id="{_e(s.anchor or slug(s.title.lower(), sep="-"))}">', f"<h2>{_e(s.title)}</h2>"]
     if s.reading:
         parts.append('<div class="reading">' + "".join(f"<p>{_e(line)}</p>" for line in s.reading) + "</div>")
+    if s.html:
+        parts.append(s.html)
     for f in s.figures:
         parts.append(f'<figure><a href="{_e(f.src)}"><img src="{_e(f.src)}" alt="{_e(f.alt)}"></a>'
                      f"<figcaption class=\"note\">{_e(f.alt)}</figcaption></figure>")

@@ -17,9 +17,11 @@ from ..distance import AttentionDistance
 from .page import Figure, Section
 
 __all__ = ["distance_section", "posembed_section", "rollout_section", "locality_section", "data_section",
-           "local_heads", "posembed_reading",
+           "local_heads", "head_spread", "explorer_section", "posembed_reading", "INDEXING",
            "WEAK_CORRELATION", "BORDER_CONTRAST", "ROW_COLUMN"]
 
+INDEXING = ("Layers and heads are counted from 1 on this page and in its figures; the CSV files count "
+            "them from 0.")
 WEAK_CORRELATION = 0.1  # |r| below this: similarity "hardly changes" with distance
 BORDER_CONTRAST = 0.2  # edge-edge minus edge-interior similarity at least this: a border ring
 ROW_COLUMN = 0.05  # |row/column score| below this: sharing a row or column "hardly matters"
@@ -139,9 +141,12 @@ def posembed_section(results, skipped: Sequence[str]) -> Section:
         note="; ".join(notes), anchor="position-embeddings")
 
 
-def rollout_section(scores: pd.DataFrame, sheet_model: str) -> Section:
+def rollout_section(scores: pd.DataFrame, sheets) -> Section:
     """``scores``: one row per (model, image) with ``readout`` and, where masks were scored,
-    ``mask_share``, ``mask_area`` and ``pointing_hit``."""
+    ``mask_share``, ``mask_area`` and ``pointing_hit``; ``sheets``: ``(model, figure path)`` of each
+    model's contact sheet (one model name alone: ``figures/rollout.png``)."""
+    if isinstance(sheets, str):
+        sheets = [(sheets, "figures/rollout.png")]
     lines, numbers, unscored = [], [], []
     for name, g in scores.groupby("model", sort=False):
         if "mask_share" in g and g.mask_share.notna().any():
@@ -161,11 +166,14 @@ def rollout_section(scores: pd.DataFrame, sheet_model: str) -> Section:
     readouts = set(scores.readout)
     target = ("the class token" if readouts == {"cls"} else "the patch tokens (mean over patch queries: no class "
               "token)" if readouts == {"patch_mean"} else "the class token, or the patch tokens for models without one")
-    figures = [Figure("figures/rollout.png", f"Attention rollout of {sheet_model} over the first images "
-                      "(each map scaled from its minimum to its maximum).")]
+    figures = [Figure(src, f"Attention rollout of {name} over the first images, each titled with its true and "
+                      "predicted class (each map scaled from its minimum to its maximum; colour bar: 0 is a map's "
+                      "minimum, 1 its maximum).") for name, src in sheets]
     if "mask_share" in scores and scores.mask_share.notna().any():
         figures.append(Figure("figures/rollout_mask_share.png",
-                              "Share of each image's rollout map on its object, against the object's area."))
+                              "Each image's share of rollout mass on its object (coloured dots) beside the object's "
+                              "share of the input (grey diamonds, where a map blind to the object would put it); "
+                              "bars: the means quoted in the table."))
     return Section(
         "Attention rollout",
         figures=figures,
@@ -192,8 +200,10 @@ def locality_section(res) -> Section:
                         f"{e0:.2f} / {e1:.2f} px ({v['input_px']:.0f} px input)"))
     return Section(
         "ViT versus CNN locality",
-        figures=[Figure("figures/locality.png", "Attention distance of every ViT head (dots, mean line), the ViT's "
-                        "and the CNN's gradient receptive-field spread, against relative depth, in pixels."),
+        figures=[Figure("figures/locality.png", "Two different quantities on one pixel axis, against relative "
+                        "depth: attention distance (ViTs; filled dots per head, solid line of layer means), a mean "
+                        "over all queries and images; and gradient spread (dashed lines, hollow markers), the "
+                        "effective receptive field of one centre unit. Equal pixels do not mean equal behaviour."),
                  Figure("figures/receptive_field.png", "Effective receptive field by depth, and its maps.")],
         reading=["How far each layer looks, on one axis: ViT heads by attention distance, every model by the "
                  "spread of its effective receptive field (Luo et al. 2016; Raghu et al. 2021).",
@@ -201,6 +211,13 @@ def locality_section(res) -> Section:
         numbers=numbers,
         files=[("locality.csv", "data/locality.csv"), ("receptive_field.csv", "data/receptive_field.csv")],
         anchor="locality")
+
+
+def head_spread(d: AttentionDistance) -> float:
+    """Standard deviation across the heads of the lower half of the layers, in px (ddof=1; 0 for one head)."""
+    low = d.distance[:max(1, d.num_layers // 2)].ravel()
+    low = low[np.isfinite(low)]
+    return float(np.std(low, ddof=1)) if low.size > 1 else 0.0
 
 
 def local_heads(d: AttentionDistance, fraction: float) -> tuple[int, int, float]:
@@ -216,7 +233,9 @@ def data_section(full: AttentionDistance, less: AttentionDistance, fraction: flo
     nf, total, mf = local_heads(full, fraction)
     nl, _, ml = local_heads(less, fraction)
     half = max(1, full.num_layers // 2)
-    diff = f"{abs(ml - mf):.1f} px {'farther' if ml > mf else 'nearer'}"
+    sf, sl = head_spread(full), head_spread(less)
+    diff = (f"{abs(ml - mf):.1f} px {'farther' if ml > mf else 'nearer'} (while their heads spread with a "
+            f"standard deviation of {sl:.1f} and {sf:.1f} px)")
     if nf == 0 and nl == 0:
         verdict = (f"Neither model has a local head in layers 1-{half} (none below {fraction:g} x uniform), so "
                    "these models cannot show the loss of local heads Raghu et al. report; with a tenth of the "
@@ -235,7 +254,24 @@ def data_section(full: AttentionDistance, less: AttentionDistance, fraction: flo
         reading=["Raghu et al. (2021) found that ViTs trained on less data lose the local heads of their lower "
                  "layers; here the same ViT is trained on all and on a tenth of the shapes images, for as many steps.",
                  verdict],
-        numbers=[(f"{full.model}: local heads in layers 1-{half}", f"{nf} of {total} (mean {mf:.2f} px)"),
-                 (f"{less.model}: local heads in layers 1-{half}", f"{nl} of {total} (mean {ml:.2f} px)"),
+        numbers=[(f"{full.model}: local heads in layers 1-{half}", f"{nf} of {total} (mean {mf:.2f} px, "
+                  f"sd across heads {sf:.2f} px)"),
+                 (f"{less.model}: local heads in layers 1-{half}", f"{nl} of {total} (mean {ml:.2f} px, "
+                  f"sd across heads {sl:.2f} px)"),
                  ("local-head threshold", f"{fraction:g} x uniform = {fraction * full.uniform:.2f} px")],
         anchor="less-data")
+
+
+def explorer_section(data: dict, viewer: str, quantisation: str) -> Section:
+    """The attention explorer: the viewer and what its data holds."""
+    n = len(data["images"])
+    return Section(
+        "Attention explorer",
+        reading=[f"Pick an image, a layer and a head, then click a patch: the overlay is that head's attention "
+                 f"from the chosen query patch over the image's {data['grid'][0]} x {data['grid'][1]} patches, "
+                 f"for {data['model']} on the first {n} image{'' if n == 1 else 's'}; the line below it gives the "
+                 f"head's mean attention distance over {data['distance_images']} images.",
+                 f"Values are the captured post-softmax attention on patch keys (prefix-token columns left "
+                 f"out, rows not renormalised), stored as {quantisation}."],
+        html=viewer, files=[("explorer.js", "data/explorer.js")], anchor="explorer")
+
