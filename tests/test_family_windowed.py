@@ -225,12 +225,7 @@ def test_distance_equals_the_literal_full_map_computation(case):
 def test_receptive_field_and_compare_place_blocks_on_relative_depth(case):
     kind, model, x, _ = case
     adapter = adapter_for(model)
-    try:
-        erf = vitlens.effective_receptive_field(model, x, batch_size=2, objective="relu_sum")
-    except UnsupportedModelError as e:
-        if kind in ("timm-sam", "hf-swin", "hf-swinv2"):
-            pytest.xfail(f"the receptive field does not yet read this family's block outputs: {e}")
-        raise
+    erf = vitlens.effective_receptive_field(model, x, batch_size=2, objective="relu_sum")
     grids = [g.grid_size for g in adapter.window_layout().blocks]
     assert [tuple(s) for s in erf.feature_size] == grids
     assert erf.depth_fraction[0] == 0 and erf.depth_fraction[-1] == 1
@@ -245,10 +240,8 @@ def test_rollout_and_position_similarity_refuse_clearly(case):
     if kind == "timm-sam":
         sim = vitlens.position_embedding_similarity(model)   # SAM has an absolute table: analysed
         assert sim is not None
-        with pytest.raises(Exception) as info:
+        with pytest.raises(UnsupportedModelError, match="attends within windows in"):
             vitlens.attention_rollout(model, x)
-        if not isinstance(info.value, UnsupportedModelError):
-            pytest.xfail("rollout does not yet refuse SAM's windowed blocks with a clear sentence")
         return
     with pytest.raises(UnsupportedModelError, match="windows of feature maps that shrink from stage to stage"):
         vitlens.attention_rollout(model, x)
@@ -294,3 +287,27 @@ def test_cli_distance_writes_stage_and_block_columns(tmp_path, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     blocks = run["models"][0]["window_layout"]["blocks"]
     assert [b["stride"][0] for b in blocks] == [4, 8, 8, 16, 16, 32]
+
+
+def test_swin_with_an_absolute_table_has_it_analysed():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], image_size=32, patch_size=4,
+                                  window_size=4, use_absolute_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.SwinModel(cfg).eval()
+    sim = vitlens.position_embedding_similarity(model)
+    table = model.embeddings.position_embeddings.detach()[0].reshape(8, 8, -1).double()
+    flat = torch.nn.functional.normalize(table.reshape(64, -1), dim=-1)
+    np.testing.assert_allclose(sim.similarity.reshape(64, 64), (flat @ flat.T).numpy(), atol=1e-6)
+
+
+def test_attention_distance_sits_at_its_blocks_depth_beside_the_receptive_field(case):
+    kind, model, x, _ = case
+    blocks = adapter_for(model).attention_blocks()
+    dist = vitlens.attention_distance(model, x)
+    assert dist.depths == tuple(b.depth for b in blocks)
+    erf = vitlens.effective_receptive_field(model, x[:1], objective="relu_sum")
+    frame = vitlens.Locality((dist,), (erf,)).to_frame()
+    att = frame[frame.metric == "attention_distance"].drop_duplicates("layer").sort_values("layer")
+    depth = np.array([b.depth for b in blocks])
+    np.testing.assert_allclose(att.depth_fraction.to_numpy(), depth / depth.max())

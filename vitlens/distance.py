@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .batches import check_images, iter_batches, num_images
-from .capture import attention_modules, capture_attention
+from .capture import capture_attention
 from .frozen import freeze_arrays
 from .layout import TokenLayout, token_layout
 from .modes import eval_mode
@@ -124,6 +124,8 @@ class AttentionDistance:
         layout: the token layout the maps were captured with.
         model: the model's name as given by the user.
         layer_names: module name of each layer's attention.
+        depths: the index of the transformer block each layer belongs to (its family adapter's
+            ``AttentionBlock.depth``), for placing layers on a depth axis.
     """
 
     distance: np.ndarray
@@ -138,6 +140,7 @@ class AttentionDistance:
     layout: TokenLayout
     model: str = ""
     layer_names: tuple[str, ...] = field(default_factory=tuple)
+    depths: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         freeze_arrays(self)
@@ -300,6 +303,7 @@ class DistanceAccumulator:
 
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
         self.flush()
+        layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
         n = self.count
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
@@ -312,7 +316,8 @@ class DistanceAccumulator:
                                  n_images=int(n.max()) if n.size else 0, n_nonfinite=self.nonfinite.copy(),
                                  units=self.units, prefix_tokens=self.prefix_tokens,
                                  uniform=uniform_distance(self.layout, self.units), layout=self.layout,
-                                 model=model, layer_names=tuple(layer_names))
+                                 model=model, layer_names=tuple(layer_names),
+                                 depths=tuple(getattr(self, "depths", ())))
 
 
 def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator", *, batch_size: int = 32,
@@ -347,12 +352,15 @@ def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixC
     blocks = adapter.attention_blocks()
     if hasattr(adapter, "window_layout"):
         from .windowed_distance import WindowedDistanceAccumulator
-        return WindowedDistanceAccumulator(adapter.window_layout(input_size), [b.num_heads for b in blocks],
-                                           prefix_tokens=prefix_tokens, units=units,
-                                           device=next(model.parameters()).device)
-    return DistanceAccumulator(token_layout(model, input_size), len(blocks), max(b.num_heads for b in blocks),
-                               prefix_tokens=prefix_tokens, units=units,
-                               device=next(model.parameters()).device)
+        acc = WindowedDistanceAccumulator(adapter.window_layout(input_size), [b.num_heads for b in blocks],
+                                          prefix_tokens=prefix_tokens, units=units,
+                                          device=next(model.parameters()).device)
+    else:
+        acc = DistanceAccumulator(token_layout(model, input_size), len(blocks), max(b.num_heads for b in blocks),
+                                  prefix_tokens=prefix_tokens, units=units, device=next(model.parameters()).device)
+    acc.layer_names = tuple(b.name for b in blocks)  # what the result is labelled with
+    acc.depths = tuple(b.depth for b in blocks)
+    return acc
 
 
 def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
@@ -388,5 +396,4 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
         for idx in stream_distance(model, images, acc, batch_size=batch_size, precision=precision,
                                    workers=workers):
             bar.update(len(idx))
-    return acc.result(model=model_name(model, name),
-                      layer_names=[n for n, _ in attention_modules(model)])
+    return acc.result(model=model_name(model, name))

@@ -39,17 +39,12 @@ COLUMNS = ["model", "kind", "metric", "layer", "depth", "depth_fraction", "head"
 
 
 def attention_depth(d: AttentionDistance) -> tuple[np.ndarray, np.ndarray]:
-    """Depth and relative depth of each attention layer: the index ``i`` of the ``blocks.i`` that holds
-    it (so two attentions of one parallel block share a depth, and each sits where its block's ERF
-    does), over ``n - 1`` for ``n`` blocks; the layer's order where names do not say."""
-    import re
-
+    """Depth and relative depth of each attention layer: the index of the transformer block that holds
+    it, as its family adapter numbers blocks (so two attentions of one parallel block share a depth,
+    and each sits where its block's ERF does), over ``n - 1`` for ``n`` blocks; the layer's order
+    where the result does not say."""
     L = d.distance.shape[0]
-    found = [re.match(r"(?:.*\.)?blocks\.(\d+)\.", n + ".") for n in d.layer_names]
-    if len(found) == L and all(found):
-        depth = np.array([int(m.group(1)) for m in found])
-    else:
-        depth = np.arange(L)
+    depth = np.array(d.depths) if len(d.depths) == L else np.arange(L)
     return depth, depth / max(int(depth.max(initial=0)), 1)
 
 

@@ -213,6 +213,16 @@ class _Table:
     notes: tuple[str, ...]
 
 
+def _first_stage_layout(adapter) -> TokenLayout | None:
+    """For a hierarchical model built with an absolute table (transformers Swin with
+    ``use_absolute_embeddings``): the first stage's patch grid, where the table is added."""
+    if not hasattr(adapter, "window_layout") or adapter.position_table() is None:
+        return None
+    g = adapter.window_layout().blocks[0]
+    return TokenLayout(prefix_kinds=(), grid_size=tuple(g.grid_size), patch_stride=tuple(g.stride),
+                       input_size=tuple(g.input_size))
+
+
 def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicubic",
                 antialias: bool = True) -> _Table:
     """The model's learned absolute table on its patch grid, through its family adapter."""
@@ -221,10 +231,14 @@ def _read_table(model: nn.Module, input_size=None, *, interpolation: str = "bicu
     adapter = adapter_for(model)
     try:
         own = adapter.token_layout()
-    except UnsupportedModelError:
-        raise UnsupportedModelError(
-            f"{model_name(model)} ({type(model).__name__}) is not a ViT with a patch grid, so it has "
-            "no patch position embeddings to compare.") from None
+    except UnsupportedModelError as refusal:
+        own = _first_stage_layout(adapter)  # a windowed model with an absolute table on its first stage
+        if own is None:
+            if hasattr(adapter, "window_layout"):
+                raise
+            raise UnsupportedModelError(
+                f"{model_name(model)} ({type(model).__name__}) is not a ViT with a patch grid, so it has "
+                "no patch position embeddings to compare.") from refusal
     table = adapter.position_table(input_size, interpolation=interpolation, antialias=antialias)
     if table is None:
         raise _no_table_error(model, "it stores no learned absolute position table")

@@ -235,6 +235,15 @@ def _setup_layer(name: str, out: torch.Tensor, input_size: tuple[int, int], layo
                   torch.from_numpy(pixel_distances(input_size, (cy, cx))))
 
 
+def _adapter_or_none(model: nn.Module):
+    from .families import adapter_for
+
+    try:
+        return adapter_for(model)
+    except UnsupportedModelError:
+        return None
+
+
 class ReceptiveFieldAccumulator:
     """Running sums of the input-gradient maps of ``layers`` of ``model`` over images.
 
@@ -264,7 +273,10 @@ class ReceptiveFieldAccumulator:
         if unit_position not in UNIT_POSITIONS:
             raise ValueError(f"unit_position must be one of {UNIT_POSITIONS}, got {unit_position!r}")
         mods = dict(model.named_modules())
-        self.model, self.vit = model, is_vit(model)
+        # Windowed models (Swin, SAM) give feature maps per block, read through their adapter.
+        adapter = _adapter_or_none(model)
+        self._feature_map = getattr(adapter, "feature_map", None) if hasattr(adapter, "window_layout") else None
+        self.model, self.vit = model, is_vit(model) and self._feature_map is None
         try:
             self.defaults = default_layers(model)
         except UnsupportedModelError:
@@ -289,13 +301,21 @@ class ReceptiveFieldAccumulator:
         if device is None:
             device = params.device if params is not None else torch.device("cpu")
         self.device = torch.device(device)
-        self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC" and not self.vit
+        self.channels_last = (getattr(model, "output_fmt", "NCHW") == "NHWC" and not self.vit
+                              and self._feature_map is None)
         self.setup: list[_Layer] | None = None
         self.input_size: tuple[int, int] | None = None
         self.map_sum = self.spread_sum = self.spread_sumsq = self.spread_count = None
         self.n_images = np.zeros(1, dtype=np.int64)
         if input_size is not None:
             self.prepare(input_size)
+
+    def _maps(self, outs: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Block outputs as the accumulator reads them: feature maps ``[batch, channel, h, w]`` for
+        windowed models (their adapter's ``feature_map``), as captured otherwise."""
+        if self._feature_map is None:
+            return outs
+        return {n: self._feature_map(n, o, size) for n, o in outs.items()}
 
     def _capture(self) -> OutputCapture:
         return capture_outputs(self.model, self.layers, channels_last=self.channels_last,
@@ -322,7 +342,7 @@ class ReceptiveFieldAccumulator:
             return
         x = torch.zeros(1, 3, *size, device=self.device, dtype=self.dtype)
         with torch.no_grad(), eval_mode(self.model), self._capture() as cap:
-            outs = cap.run(x)
+            outs = self._maps(cap.run(x), size)
             self._set_up(outs, list(cap.order), size)
 
     def update(self, images: torch.Tensor) -> int:
@@ -340,7 +360,7 @@ class ReceptiveFieldAccumulator:
             raise ValueError(f"all images must have one size; got {size} after {self.input_size}")
         with torch.enable_grad(), eval_mode(self.model), autocast(self.device, self.precision), \
                 self._capture() as cap:
-            outs = cap.run(x)
+            outs = self._maps(cap.run(x), size)
             if self.setup is None:
                 self._set_up(outs, list(cap.order), size)
             for li, lay in enumerate(self.setup):

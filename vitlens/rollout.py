@@ -432,6 +432,24 @@ def _inputs(images, model: nn.Module):
     return imageset, image_keys(imageset.paths)
 
 
+def _refuse_windows(model: nn.Module) -> None:
+    """Rollout multiplies every layer's ``[token, token]`` map over one token set: not defined for
+    models that attend within windows (Swin: no single token sequence; SAM: windowed blocks)."""
+    from .families import adapter_for
+
+    adapter = adapter_for(model)
+    if not hasattr(adapter, "window_layout"):
+        return
+    adapter.token_layout()  # Swin and Swin-V2 refuse here, saying why
+    blocks = adapter.window_layout().blocks
+    windowed = sum(not g.is_global for g in blocks)
+    raise UnsupportedModelError(
+        f"attention rollout multiplies every layer's [token, token] attention over one token set, but "
+        f"{model_name(model)} attends within windows in {windowed} of its {len(blocks)} blocks, where a "
+        "block's maps cover one window's tokens only, so rollout is not defined for it; attention "
+        "distance, the receptive field and position-embedding similarity are.")
+
+
 def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusion: str = "mean",
                  discard_ratio: float = 0.0, residual_weight: float = 0.5, start_layer: int = 0,
                  end_layer: int | None = None, target_class=None, readout: str = "auto",
@@ -450,6 +468,7 @@ def iter_rollout(model: nn.Module, images, *, method: str = "rollout", head_fusi
     if batch_size < 1:
         raise RolloutSettingsError(f"batch size must be at least 1, got {batch_size}.")
     num_layers = len(attention_modules(model))  # a clear error for CNNs, before any image is read
+    _refuse_windows(model)
     layers = _layer_range(start_layer, end_layer, num_layers)
     source, keys = _inputs(images, model)
     if target_class is not None and not isinstance(target_class, (int, np.integer)):

@@ -168,6 +168,7 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
 
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> WindowedAttentionDistance:
         self.flush()
+        layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
         n = self.count
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
@@ -182,5 +183,6 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
             distance=mean, std=std, low=np.where(real, low, np.nan), high=np.where(real, high, np.nan),
             n_images=int(n.max()) if n.size else 0, n_nonfinite=self.nonfinite.copy(), units=self.units,
             prefix_tokens=self.prefix_tokens, uniform=float(uniform[-1]) if uniform.size else float("nan"),
-            layout=self.layout, model=model, layer_names=tuple(layer_names), stage=self.layout.stages,
+            layout=self.layout, model=model, layer_names=tuple(layer_names), depths=tuple(getattr(self, "depths", ())),
+            stage=self.layout.stages,
             block=self.layout.block_in_stage, heads=self.num_heads.copy(), uniform_by_layer=uniform)

@@ -30,14 +30,19 @@ Spec = tuple[str, "str | None"]
 
 
 def check_vit(model: nn.Module, flag: str = "--vit") -> None:
+    """Refuse a model whose attention distance vitlens cannot measure (windowed models pass)."""
+    from ..families import adapter_for
+
     try:
-        token_layout(model)
+        if not hasattr(adapter_for(model), "window_layout"):
+            token_layout(model)
         attention_modules(model)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{flag} {display_name(model)}: {e} Pass CNNs with --cnn.") from None
 
 
 def check_cnn(model: nn.Module, flag: str = "--cnn") -> None:
+    """Refuse a Vision Transformer given as a CNN, and a model whose stages vitlens does not know."""
     if is_vit(model):
         raise UnsupportedModelError(f"{flag} {display_name(model)} is a Vision Transformer; pass it with --vit, "
                                     "which measures its attention distance as well as its receptive field.")

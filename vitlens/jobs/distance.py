@@ -69,7 +69,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
                          lambda todo: stream_distance(model, imgs, acc, batch_size=batch_size, indices=todo,
                                                       precision=precision, workers=workers),
                          desc=f"distance {name}", progress=progress, reduce_ops={"min": "min", "max": "max"})
-            res = acc.result(model=name, layer_names=[n for n, _ in attention_modules(model)])
+            res = acc.result(model=name)
             imgs.check_used(res.n_images)
             if res.n_nonfinite.any():
                 warnings.warn(f"{name}: {int(res.n_nonfinite.sum())} (image, layer, head) maps held NaN or Inf "
