@@ -137,3 +137,9 @@ def test_hub_probe_reports_unreachable(monkeypatch):
     from vitlens.models import hub_reachable
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert hub_reachable(timeout=1.0) is False
+
+
+def test_hub_repository_names_refuse_random_or_local_weights(tmp_path):
+    for kwargs in (dict(pretrained=False), dict(checkpoint=tmp_path / "w.safetensors")):
+        with pytest.raises(vitlens.ModelLoadError, match="names a repository of weights"):
+            vitlens.load_model("hf-hub:timm/vit_tiny_patch16_224.augreg_in21k", **kwargs)

@@ -447,7 +447,7 @@ def test_rollout_job_writes_maps_overlays_and_record(tmp_path):
     from PIL import Image
 
     from vitlens.data.images import ImageSet
-    from vitlens.jobs.rollout import run_rollout
+    from vitlens.jobs.rollout import overlay_names, run_rollout
 
     kwargs = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     model = sharpen(timm.create_model("deit_tiny_distilled_patch16_224", **kwargs).eval())
@@ -470,7 +470,7 @@ def test_rollout_job_writes_maps_overlays_and_record(tmp_path):
         assert z[key].shape == (4, 4) and z[key].dtype == np.float32 and (z[key] >= 0).all()
         np.testing.assert_allclose(z[key], m, rtol=1e-4, atol=1e-7)
     for key in z.files:
-        with Image.open(out / "overlays" / f"{key}.png") as im:
+        with Image.open(out / "overlays" / overlay_names(z.files)[key]) as im:
             assert im.size[0] > 100 and im.size[1] > 100
     with Image.open(out / "contact_sheet.png") as im:
         assert im.size[0] > 200
@@ -482,8 +482,14 @@ def test_rollout_job_writes_maps_overlays_and_record(tmp_path):
     assert entry["model"]["token_layout"]["prefix_kinds"] == ["cls", "dist"]
     assert entry["target"] == {k: int(t) for k, t in zip(want.names, want.target)}
     frame = (out / "deletion.csv").read_text().splitlines()
-    assert frame[0] == "image,step,removed,fraction,confidence,target" and len(frame) == 1 + 3 * 5
+    assert frame[0] == "image,step,removed,fraction,confidence,target,order" and len(frame) == 1 + 2 * 3 * 5
     assert set(entry["deletion"]["auc"]) == set(z.files)
+    # the random-order baseline: each image's own seeded order, whatever batch it came in
+    from vitlens.scores import random_order_deletion
+    x = torch.cat([xb for xb, _ in imageset.batches(8)])
+    base = random_order_deletion(model, x, target_class=want.target, steps=4, names=want.names,
+                                 image_ids=want.indices)
+    assert entry["deletion"]["random_order_mean_auc"] == pytest.approx(float(base.auc.mean()), rel=1e-6)
     with pytest.raises(vitlens.OutputError, match="already holds"):
         run_rollout([("deit_tiny_distilled_patch16_224", str(ckpt))], [str(imgs)], out, model_kwargs=kwargs,
                     input_size=32)
@@ -503,7 +509,7 @@ def test_cli_rollout(tmp_path, capsys):
     rec = json.loads((out / "run.json").read_text())
     conv = rec["models"][0]["conventions"]
     assert (conv["head_fusion"], conv["discard_ratio"], conv["layers"]) == ("max", 0.9, [0, 1])
-    assert rec["args"]["head_fusion"] == "max" and (out / "overlays" / "two.png.png").is_file()
+    assert rec["args"]["head_fusion"] == "max" and (out / "overlays" / "two.png").is_file()
     assert "2 maps" in capsys.readouterr().out
     again = tmp_path / "again"
     assert main(["rollout", "--model", "vit_tiny_patch16_224", "--random-init", "--images", str(imgs),

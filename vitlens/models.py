@@ -287,6 +287,11 @@ def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathL
     arch, tag = timm.models.split_model_name_tag(name.split(":", 1)[-1] if name.startswith("hf-hub:") else name)
     if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(arch):
         raise _unknown_name(name)
+    if name.startswith(("hf-hub:", "local-dir:")) and (checkpoint is not None or not pretrained):
+        raise ModelLoadError(
+            f"{name} names a repository of weights, so it cannot be built with random or local weights: "
+            "give the timm architecture it holds (for example vit_base_patch16_224) with --random-init "
+            "or --checkpoint instead.")
 
     if checkpoint is not None:
         path = Path(checkpoint)

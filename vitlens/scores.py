@@ -275,18 +275,24 @@ def deletion_curve(model: nn.Module, images: torch.Tensor, maps, *, layout: Toke
 
 def random_order_deletion(model: nn.Module, images: torch.Tensor, *, layout: TokenLayout | None = None,
                           target_class=None, steps: int = 20, fill: str = "mean", batch_size: int = 32,
-                          names: Sequence[str] | None = None, seed: int = 0) -> DeletionCurve:
+                          names: Sequence[str] | None = None, seed: int = 0,
+                          image_ids: Sequence[int] | None = None) -> DeletionCurve:
     """The baseline of a deletion curve: the same removal, in a random order of patches.
 
     Each image gets its own random order (a map of independent uniform values from a numpy
-    generator seeded with ``seed``; the global RNGs are not touched), then :func:`deletion_curve`
+    generator seeded with ``seed``, or with ``(seed, image id)`` per image when ``image_ids`` are
+    given, so that an image's order does not depend on the batch it came in; the global RNGs are
+    not touched), then :func:`deletion_curve`
     runs with those maps. A map is informative when its curve falls faster than this one (a lower
     area under the curve). Arguments as :func:`deletion_curve`.
     """
     x = images[None] if images.ndim == 3 else images
     layout = layout or token_layout(model, tuple(x.shape[-2:]))
     gh, gw = layout.grid_size
-    random_maps = np.random.default_rng(seed).random((x.shape[0], gh, gw))
+    if image_ids is None:
+        random_maps = np.random.default_rng(seed).random((x.shape[0], gh, gw))
+    else:
+        random_maps = np.stack([np.random.default_rng([seed, int(i)]).random((gh, gw)) for i in image_ids])
     return deletion_curve(model, x, random_maps, layout=layout, target_class=target_class, steps=steps, fill=fill,
                           batch_size=batch_size, names=names)
 

@@ -32,12 +32,12 @@ from ..precision import PRECISIONS
 from ..resume import Interrupted, StopRequest
 from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
                        image_keys, iter_rollout)
-from ..scores import FILLS, DeletionCurve, deletion_curve
+from ..scores import FILLS, DeletionCurve, deletion_curve, random_order_deletion
 from ..sizes import input_size_arg
 from ..slugs import model_slugs
 from .common import args_record, display_name, load_models, model_record, progress
 
-__all__ = ["run_rollout", "register"]
+__all__ = ["run_rollout", "register", "overlay_names"]
 
 _SCALE = "minmax"  # overlay colour scale (see vitlens.plotting.rollout)
 
@@ -47,6 +47,13 @@ def _folders(specs: Sequence[tuple[str, str | None]]) -> list[str]:
     if len(specs) == 1:
         return [""]
     return model_slugs(specs)
+
+
+def overlay_names(keys) -> dict[str, str]:
+    """Each image key's overlay file: the key with a ``.png`` suffix in place of its own
+    (``astronaut.jpg`` -> ``astronaut.png``), or with ``.png`` added where two keys would meet."""
+    stems = [str(Path(k).with_suffix(".png")) for k in keys]
+    return {k: s if stems.count(s) == 1 else f"{k}.png" for k, s in zip(keys, stems)}
 
 
 def _products(folder: str, deletion: bool) -> list[str]:
@@ -90,7 +97,9 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
     """
     import matplotlib.pyplot as plt
 
-    from ..plotting.rollout import contact_sheet_figure, plot_overlay, to_display
+    import pandas as pd
+
+    from ..plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay, to_display
 
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
     if deletion_fill not in FILLS or deletion_steps < 0 or batch_size < 1:
@@ -113,10 +122,13 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         dest = root / folder if folder else root
         imageset = ImageSet.for_model(model, images, input_size=input_size, num_images=num_images,
                                       sample=sample, seed=seed)
-        position = {k: i for i, k in enumerate(image_keys(imageset.paths))}
+        keys = image_keys(imageset.paths)
+        position = {k: i for i, k in enumerate(keys)}
+        overlay = overlay_names(keys)
         cfg = model_transform(model, input_size)[1]
         parts: list[RolloutMaps] = []
         curves: list[DeletionCurve] = []
+        baselines: list[DeletionCurve] = []  # the same removal in a random order of patches
         sheet: list[tuple[int, np.ndarray]] = []  # (image index, [height, width, 3]) for the contact sheet
         shard = ctx.shard(range(len(imageset)))
         def batches():
@@ -130,13 +142,17 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                 for i, key in enumerate(part.names):
                     label = key if part.target is None or method == "rollout" else f"{key} (class {part.target[i]})"
                     ax = plot_overlay(part.maps[i], shown[i], layout=part.layout, title=label, scale=_SCALE)
-                    save_figure(ax.figure, dest / "overlays" / f"{key}.png")
+                    save_figure(ax.figure, dest / "overlays" / overlay[key])
                     plt.close(ax.figure)
                 room = max(0, sheet_max - len(sheet))
                 sheet.extend(zip([position[k] for k in part.names[:room]], shown[:room]))
                 if deletion_steps > 0:
                     curves.append(deletion_curve(model, x, part, layout=part.layout, target_class=part.target,
                                                  steps=deletion_steps, fill=deletion_fill, batch_size=batch_size))
+                    baselines.append(random_order_deletion(
+                        model, x, layout=part.layout, target_class=part.target, steps=deletion_steps,
+                        fill=deletion_fill, batch_size=batch_size, names=part.names, seed=seed,
+                        image_ids=part.indices))
                 parts.append(part)
                 yield x.shape[0]
 
@@ -148,8 +164,8 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
             except PeerStopped as e:
                 raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so run the "
                                   "command again.") from None
-        result, curve, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves, sheet,
-                                                               sheet_max)
+        result, curve, baseline, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves,
+                                                                         baselines, sheet, sheet_max)
         n_used = 0 if result is None else len(result)
         imageset.check_used(n_used)
         entry = {"model": model_record(model, result.layout.input_size), "display_name": name,
@@ -167,16 +183,20 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
             plt.close(fig)
         if curve is not None:
             if ctx.is_main:
-                save_csv(dest / "deletion.csv", curve.to_frame())
+                frames = [curve.to_frame().assign(order="rollout"), baseline.to_frame().assign(order="random")]
+                save_csv(dest / "deletion.csv", pd.concat(frames, ignore_index=True))
                 fig, ax = plt.subplots(figsize=(4.5, 3.4))
-                curve.plot(ax=ax)
+                plot_deletion(curve, ax=ax, baseline=baseline)
                 save_figure(fig, dest / "deletion.png")
                 plt.close(fig)
             entry["deletion"] = {"steps": len(curve.fractions) - 1, "fill": curve.fill,
                                  "confidence": "softmax probability of the target class",
                                  "auc_rule": "trapezoid over the removed fraction in [0, 1]",
                                  "mean_auc": float(curve.auc.mean()),
-                                 "auc": dict(zip(curve.names, curve.auc.tolist()))}
+                                 "auc": dict(zip(curve.names, curve.auc.tolist())),
+                                 "random_order": f"each image's patches removed in a random order drawn from "
+                                                 f"(seed {seed}, image index): the baseline a map must beat",
+                                 "random_order_mean_auc": float(baseline.auc.mean())}
         record.data["models"].append(entry)
     if ctx.is_main:
         record.save(root / "run.json")
@@ -186,16 +206,18 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
 
 
 def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[RolloutMaps],
-            curves: list[DeletionCurve], sheet: list[tuple[int, np.ndarray]], sheet_max: int):
-    """Every process's maps, deletion curves and skipped files, joined in the image order of a
-    single run, and the first ``sheet_max`` displayed images of the whole set.
+            curves: list[DeletionCurve], baselines: list[DeletionCurve], sheet: list[tuple[int, np.ndarray]],
+            sheet_max: int):
+    """Every process's maps, deletion curves (and their random-order baselines) and skipped files,
+    joined in the image order of a single run, and the first ``sheet_max`` displayed images of the set.
 
-    Returns ``(RolloutMaps or None, DeletionCurve or None, skipped files, [height, width, 3] images)``.
+    Returns ``(RolloutMaps or None, DeletionCurve or None, baseline DeletionCurve or None, skipped
+    files, [height, width, 3] images)``.
     Each process keeps the first ``sheet_max`` displayed images of its own share; only those that
     are among the first ``sheet_max`` of the whole set travel.
     """
     mine = (RolloutMaps.concat(parts) if parts else None, DeletionCurve.concat(curves) if curves else None,
-            list(imageset.skipped), [i for i, _ in sheet])
+            list(imageset.skipped), [i for i, _ in sheet], DeletionCurve.concat(baselines) if baselines else None)
     pieces = ctx.gather(mine)
 
     def in_order(items):
@@ -205,13 +227,13 @@ def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[Rollo
         joined = type(items[0]).concat(items)
         return joined.take(np.argsort([position[k] for k in joined.names], kind="stable"))
 
-    result, curve = in_order([p[0] for p in pieces]), in_order([p[1] for p in pieces])
+    result, curve, baseline = (in_order([p[k] for p in pieces]) for k in (0, 1, 4))
     file_index = {str(p): i for i, p in enumerate(imageset.paths)}
     skipped = sorted((s for p in pieces for s in p[2]), key=lambda s: file_index.get(s.path, len(file_index)))
     chosen = set(sorted(i for p in pieces for i in p[3])[:sheet_max])
     shown = sorted((pair for part in ctx.gather([(i, a) for i, a in sheet if i in chosen]) for pair in part),
                    key=lambda pair: pair[0])
-    return result, curve, skipped, [a for _, a in shown]
+    return result, curve, baseline, skipped, [a for _, a in shown]
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -230,8 +252,11 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     for m in rec["models"]:
         used = m["images"]
-        extra = f", mean deletion AUC {m['deletion']['mean_auc']:.3f}" if "deletion" in m else ""
-        print(f"{m['display_name']}: {used['n_images']} maps ({len(used['skipped'])} files skipped){extra} "
+        extra = (f", mean deletion AUC {m['deletion']['mean_auc']:.3f} (random order "
+                 f"{m['deletion']['random_order_mean_auc']:.3f})" if "deletion" in m else "")
+        skipped = len(used["skipped"])
+        print(f"{m['display_name']}: {used['n_images']} map{'s' if used['n_images'] != 1 else ''} "
+              f"({skipped} file{'s' if skipped != 1 else ''} skipped){extra} "
               f"-> {Path(args.out) / m['folder']}")
     return 0
 
