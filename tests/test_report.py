@@ -21,7 +21,7 @@ from vitlens.data.images import ImageSet
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
            "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
-           "receptive_field.png", "less_data.png"]
+           "receptive_field.png", "less_data.png", "cka.png", "cost.png"]
 EXPLORER_PICK = (1, 3, 2, 10)  # image, layer (from 1), head (from 1), query patch
 
 
@@ -55,7 +55,8 @@ def test_default_report_writes_a_complete_page(report):
     for s in srcs:
         assert (out / s).stat().st_size > 1000
     for title in ("Mean attention distance by depth", "Position-embedding similarity", "Attention rollout",
-                  "ViT versus CNN locality", "Less training data: local heads", "Run record"):
+                  "ViT versus CNN locality", "Representation similarity (CKA)", "What a ViT costs next to a CNN",
+                  "Less training data: local heads", "Run record"):
         assert title in page
     for link in re.findall(r'href="(data/[^"]+)"', page):
         assert (out / link).is_file(), link
@@ -81,6 +82,29 @@ def test_report_numbers_are_the_analyses(report):
     # a trained model's rollout puts more of its mass on the object than the object's area would
     g = scores[scores.model == "vitlens/vit-tiny-shapes"]
     assert g.mask_share.mean() > g.mask_area.mean()
+
+
+def test_report_cka_and_cost_are_the_analyses(report):
+    """The CKA and cost sections hold the numbers of the analyses run directly on the same files."""
+    from vitlens.cka import layer_cka
+    from vitlens.report.similarity_cost import cka_reading
+
+    out, _ = report
+    vit, cnn = load_model("vitlens/vit-tiny-shapes"), load_model("vitlens/resnet-tiny-shapes")
+    files = [out / "shapes" / "images"]
+    cross = layer_cka(vit, ImageSet.for_model(vit, files), cnn, images_b=ImageSet.for_model(cnn, files), batch_size=8)
+    df = pd.read_csv(out / "data" / "cka.csv")
+    got = df[df.model_b == "vitlens/resnet-tiny-shapes"].cka.to_numpy().reshape(cross.cka.shape)
+    np.testing.assert_allclose(got, cross.cka, atol=1e-6)  # the CSV holds 6 decimals
+    page = " ".join((out / "index.html").read_text().split())
+    self_cka = layer_cka(vit, ImageSet.for_model(vit, files), batch_size=8)
+    for line in cka_reading(self_cka, cross):
+        assert line.replace("'", "&#x27;") in page or line in page, line
+    cost = pd.read_csv(out / "data" / "cost.csv")
+    total = cost[(cost.quantity == "parameters") & (cost.part == "total") & (cost.input_px == 64)]  # own size
+    assert dict(zip(total.model, total.value)) == {"vitlens/vit-tiny-shapes": sum(p.numel() for p in vit.parameters()),
+                                                   "vitlens/resnet-tiny-shapes": sum(p.numel() for p in cnn.parameters())}
+    assert sorted(set(cost.input_px)) == [64, 128, 256]
 
 
 def _captured(out):

@@ -144,3 +144,26 @@ def test_look_alike_checkpoints_stay_apart(tmp_path):
     assert len(names) == 2 and "a/model.safetensors" in names[0] and "b/model.safetensors" in names[1]
     heads = df[df.metric == "attention_distance"].groupby("model").size()
     assert (heads == 6 * 4).all()
+
+
+def test_cka_readings_say_what_the_matrices_show():
+    from types import SimpleNamespace
+
+    from vitlens.report.similarity_cost import cka_reading
+
+    gradual = np.array([[1.0, 0.9, 0.6], [0.9, 1.0, 0.9], [0.6, 0.9, 1.0]])
+    ordered = np.array([[0.8, 0.3, 0.1], [0.2, 0.7, 0.4], [0.1, 0.2, 0.9]])
+    crossed = np.array([[0.1, 0.2, 0.8], [0.2, 0.7, 0.4], [0.9, 0.2, 0.1]])
+    me = SimpleNamespace(cka=gradual, model_a="vit", layers_a=("b0", "b1", "b2"))
+    lines = cka_reading(me, SimpleNamespace(cka=ordered, model_a="vit", model_b="cnn", layers_a=("b0", "b1", "b2"),
+                                            layers_b=("s1", "s2", "s3")))
+    assert "neighbouring blocks have a mean CKA of 0.90, its first and last blocks 0.60" in lines[0]
+    assert "gradually" in lines[0]
+    assert "its first block (b0) is most similar to cnn's s1 (CKA 0.80)" in lines[1]
+    assert "highest CKA between the two is 0.90 (b2 and s3)" in lines[1]
+    assert "goes s1, s2, s3: it never moves to an earlier layer" in lines[2]
+    lines = cka_reading(me, SimpleNamespace(cka=crossed, model_a="vit", model_b="cnn", layers_a=("b0", "b1", "b2"),
+                                            layers_b=("s1", "s2", "s3")))
+    assert "goes s3, s2, s1: not in the CNN's order" in lines[2]
+    flat = SimpleNamespace(cka=np.array([[1.0, 0.5], [0.5, 1.0]]), model_a="vit", layers_a=("b0", "b1"))
+    assert "gradually" not in cka_reading(flat)[0]

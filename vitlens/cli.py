@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     out = getattr(args, "out", None)
     fresh = out is not None and not os.path.exists(out)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # the memory profiler's own start/stop lines
     saved_format = warnings.formatwarning
     with warnings.catch_warnings():  # the filters and the format are the caller's again on return
         if not debug:

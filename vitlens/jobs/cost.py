@@ -118,7 +118,6 @@ def register(subparsers, common) -> None:
     p.set_defaults(batch_size=8)
 
     def _run(args):
-        os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # the profiler's own start/stop lines
         run_cost(*model_pairs(args), args.out, input_sizes=args.input_size, random_init=args.random_init,
                  device=args.device, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                  precision=args.precision, seed=args.seed, overwrite=args.overwrite, args=args)

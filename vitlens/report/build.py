@@ -34,6 +34,7 @@ from ..models import zoo_models
 from ..receptive_field import effective_receptive_field
 from .figures import sheet_labels
 from .page import render_page
+from .similarity_cost import cka_section, cost_section
 from . import sections as sec
 from ..slugs import slug
 from ..data.masks import model_mask, read_mask
@@ -178,7 +179,8 @@ def run_report(out: str | Path, *, vits: Sequence[tuple[str, str | None]] | None
         check_cnn(m)
     distinct_names(models)
     _clear(out)
-    steps = 1 + 4 * len(vit_models) + len(cnn_models) + 1  # images; distance, posembed, rollout, ERF; page
+    # images; distance, posembed, rollout, ERF; CKA and cost; page
+    steps = 1 + 4 * len(vit_models) + len(cnn_models) + (2 if vit_models else 0) + 1
     with progress(None, total=steps, desc="report", unit="step", enabled=show_progress) as bar:
         return _run(out, vit_models, cnn_models, bar, default=default, images=images, masks=masks,
                     num_images=num_images, erf_images=erf_images, batch_size=batch_size, device=device,
@@ -299,6 +301,17 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
     save_figure(fig, figs / "receptive_field.png")
     plt.close(fig)
     sections.append(sec.locality_section(res))
+
+    if vit_models:  # how their representations relate, and what they cost
+        vit, cnn = vit_models[0], (cnn_models[0] if cnn_models else None)
+        pair = [sets[id(vit)]] + ([sets[id(cnn)]] if cnn is not None else [])
+        sections.append(cka_section(vit, cnn, pair, out, batch_size=batch_size, precision=precision, workers=workers,
+                                    names=(display_name(vit), display_name(cnn) if cnn is not None else "")))
+        step("representation similarity")
+        costed = [vit] + ([cnn] if cnn is not None else [])
+        sections.append(cost_section(costed, [display_name(m) for m in costed], out, batch_size=batch_size,
+                                     device=device, precision=precision))
+        step("cost")
 
     by_name = {d.model: d for d in distances}
     if default and all(n in by_name for n in DATA_PAIR):
