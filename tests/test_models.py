@@ -143,3 +143,33 @@ def test_hub_repository_names_refuse_random_or_local_weights(tmp_path):
     for kwargs in (dict(pretrained=False), dict(checkpoint=tmp_path / "w.safetensors")):
         with pytest.raises(vitlens.ModelLoadError, match="names a repository of weights"):
             vitlens.load_model("hf-hub:timm/vit_tiny_patch16_224.augreg_in21k", **kwargs)
+
+
+def _cache_with(tmp_path, hub_id: str, model) -> None:
+    """A Hugging Face hub cache folder holding ``model``'s weights under ``hub_id``, as a download leaves it."""
+    from safetensors.torch import save_file
+
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snapshot / "model.safetensors"))
+
+
+def test_cached_pretrained_weights_load_with_the_hub_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+    import timm
+
+    torch.manual_seed(3)
+    weights = timm.create_model("test_vit", pretrained=False)
+    _cache_with(tmp_path, "timm/test_vit.r160_in1k", weights)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = vitlens.load_model("test_vit.r160_in1k")
+    assert model.vitlens_source["weights"] == "hub:timm/test_vit.r160_in1k"
+    for k, v in weights.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(vitlens.ModelLoadError, match="no copy is in the local hub cache") as info:
+        vitlens.load_model("vit_tiny_patch16_224.augreg_in21k")  # not in this cache
+    assert str(tmp_path) in str(info.value) and "--checkpoint" in str(info.value)

@@ -144,3 +144,15 @@ def test_two_processes_write_the_one_process_files(tmp_path, images):
     rec = json.loads((tmp_path / "two" / "run.json").read_text())
     assert rec["processes"] == 2 and len(rec["models"][0]["images"]["skipped"]) == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_signals_say_what_happens_and_a_second_ctrl_c_waits_for_the_save(capsys):
+    with StopRequest() as stop:
+        stop._handler(signal.SIGINT, None)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        assert "finishing this batch, then saving" in capsys.readouterr().err
+        with stop.saving():
+            stop._handler(signal.SIGINT, None)  # while saving: no KeyboardInterrupt
+        assert "finishing the save first" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            stop._handler(signal.SIGINT, None)  # outside the save, a second Ctrl-C stops at once

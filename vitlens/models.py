@@ -208,8 +208,12 @@ def _hub_offline() -> Iterator[None]:
 
 
 def _offline_message(name: str) -> str:
+    import huggingface_hub.constants as c
+
     return (f"the pretrained weights of {name} could not be downloaded: the model hub is not reachable "
-            "from this machine and no local copy is cached. Pass a local checkpoint instead: "
+            f"from this machine and no copy is in the local hub cache ({c.HF_HUB_CACHE}). Fill the cache by "
+            f"loading {name} once where the hub is reachable (or copy that machine's cache folder here; "
+            "HF_HUB_CACHE or HF_HOME say where it is), or pass a local checkpoint: "
             f"load_model('{name.split('.')[0]}', checkpoint='weights.safetensors') in Python, or "
             "--checkpoint PATH on the command line (use --random-init for random weights).")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,39 @@ class Interrupted(VitlensError):
 
 
 class StopRequest:
-    """Context manager: SIGINT and SIGTERM set ``requested`` instead of killing the process."""
+    """Context manager: SIGINT and SIGTERM set ``requested`` instead of killing the process.
+
+    The first signal says at once that the run finishes its batch and saves; a second Ctrl-C stops
+    at once (KeyboardInterrupt), except while the partial sums are being saved (:meth:`saving`),
+    when it waits for the save to end so that nothing saved is lost half-written.
+    """
 
     def __init__(self):
         self.requested = False
         self.signal_name = ""
+        self._saving = False
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum, _frame):
+        name = signal.Signals(signum).name
+        if self._saving:
+            print(f"vitlens: {name} while saving the partial sums; finishing the save first", file=sys.stderr)
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = name
+        print(f"vitlens: {name}: finishing this batch, then saving the partial sums for --resume "
+              "(Ctrl-C again stops at once without saving)", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def saving(self):
+        """While the body runs, signals wait for it instead of stopping the process."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

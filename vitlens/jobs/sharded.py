@@ -9,6 +9,7 @@ holds the totals over all images.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -78,8 +79,9 @@ def sharded_pass(ctx, stop, partial: Partial, mi: int, acc, imgs: ImageSet,
                 done.update(idx)
                 bar.update(len(idx))
         except PeerStopped as e:  # every process stops after the same batch, with consistent sums
-            _remember(partial, mi, acc, imgs, done)
-            save_partial(partial.path, partial.arrays, partial.meta)
+            with stop.saving() if hasattr(stop, "saving") else contextlib.nullcontext():
+                _remember(partial, mi, acc, imgs, done)
+                save_partial(partial.path, partial.arrays, partial.meta)
             raise Interrupted(f"interrupted by {e.signal_name} after {len(done)} of {len(shard)} images ({desc}); "
                               f"partial sums saved in {partial.path}. Run the same command with --resume to "
                               "continue.") from None
