@@ -25,7 +25,7 @@ from vitlens.io import versions, write_json
 from vitlens.report import run_report
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
-           "locality.png", "receptive_field.png", "less_data.png"]
+           "locality.png", "receptive_field.png", "less_data.png", "cka.png", "cost.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,13 +57,37 @@ def main(argv: list[str] | None = None) -> int:
         rollout = {m: {"mask_share": float(g.mask_share.mean()), "mask_area": float(g.mask_area.mean()),
                        "pointing_hit": float(g.pointing_hit.mean()), "correct": float(g.correct.mean())}
                    for m, g in scores.groupby("model", sort=False)}
+        keys = ("distance_correlation_all", "distance_correlation_interior", "border_contrast", "row_column_score")
+        posembed = {e["model"]: {k: e[k] for k in keys}
+                    for e in json.loads((rep / "data" / "position_embeddings.json").read_text())}
+        cka = _cka_numbers(pd.read_csv(rep / "data" / "cka.csv"))
+        cost = json.loads((rep / "data" / "cost.json").read_text())["reading"]
     write_json(out / "summary.json", {
         "command": " ".join(["python", "analyses/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
         "images": record["images"], "locality": record["summary"], "rollout": rollout, "local_heads": local,
+        "position_embeddings": posembed, "cka": cka, "cost_reading": cost,
         "models": [{k: m.get(k) for k in ("name", "weights", "held_out_accuracy")} for m in record["models"]],
         "versions": versions()})
     print(f"wrote {len(FIGURES)} figures and summary.json to {out}")
     return 0
+
+
+def _cka_numbers(frame: pd.DataFrame) -> dict:
+    """The CKA numbers the README quotes: neighbouring-block and end-to-end similarity of the ViT
+    with itself, and the highest CKA between the ViT and the CNN."""
+    out = {}
+    for (a, b), g in frame.groupby(["model_a", "model_b"], sort=False):
+        m = g.pivot(index="layer_a", columns="layer_b", values="cka").loc[list(dict.fromkeys(g.layer_a)),
+                                                                           list(dict.fromkeys(g.layer_b))]
+        c = m.to_numpy()
+        if a == b:
+            out["self"] = {"model": a, "adjacent_mean": float(sum(c[i, i + 1] for i in range(len(c) - 1)) /
+                                                              max(len(c) - 1, 1)), "first_last": float(c[0, -1])}
+        else:
+            i, j = divmod(int(c.argmax()), c.shape[1])
+            out["cross"] = {"model_a": a, "model_b": b, "max": float(c[i, j]), "layer_a": m.index[i],
+                            "layer_b": m.columns[j]}
+    return out
 
 
 if __name__ == "__main__":

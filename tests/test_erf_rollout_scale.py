@@ -91,7 +91,8 @@ def test_rollout_two_processes_write_the_one_process_files(tmp_path, few_images)
     for k in za.files:
         np.testing.assert_allclose(zb[k], za[k], rtol=1e-5, atol=1e-7)
     a, b = pd.read_csv(one / "deletion.csv"), pd.read_csv(two / "deletion.csv")
-    assert list(b["image"]) == list(a["image"]) and len(b) == 4 * 4  # per-image rows, same order
+    assert list(b["image"]) == list(a["image"]) and len(b) == 2 * 4 * 4  # per-image rows, same order
+    assert list(b["order"]) == ["rollout"] * 16 + ["random"] * 16  # the maps, then the random-order baseline
     _same_frames(a, b, rtol=1e-5, atol=1e-9)
     ra, rb = (json.loads((d / "run.json").read_text())["models"][0] for d in (one, two))
     for key in ("images", "predicted", "target", "contact_sheet_images", "grid_size", "conventions"):
@@ -100,6 +101,8 @@ def test_rollout_two_processes_write_the_one_process_files(tmp_path, few_images)
     assert list(rb["deletion"]["auc"]) == list(ra["deletion"]["auc"])
     np.testing.assert_allclose(list(rb["deletion"]["auc"].values()), list(ra["deletion"]["auc"].values()),
                                rtol=1e-6)
+    # each image's random order is its own, whatever batch or process it came in
+    assert rb["deletion"]["random_order_mean_auc"] == pytest.approx(ra["deletion"]["random_order_mean_auc"], rel=1e-6)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert sorted(p.name for p in (two / "overlays").iterdir()) == sorted(p.name for p in (one / "overlays").iterdir())
     with Image.open(one / "contact_sheet.png") as ia, Image.open(two / "contact_sheet.png") as ib:

@@ -240,6 +240,26 @@ def test_readme_numbers_are_the_figures_numbers():
                  f"({100 * s['rollout']['vitlens/vit-tiny-shapes-10pct']['pointing_hit']:.0f}% for the"):
         assert text in readme, text
     assert r["pointing_hit"] == 1.0 and "every one of the 200 images" in readme
+    pe = s["position_embeddings"]["vitlens/vit-tiny-shapes"]
+    for text in (f"hardly correlates with distance (r = {pe['distance_correlation_all']:+.2f})",
+                 f"(border contrast {pe['border_contrast']:+.2f})",
+                 f"falls with distance (r = {pe['distance_correlation_interior']:+.2f})",
+                 f"(row/column score {pe['row_column_score']:+.2f})"):
+        assert text in readme, text
+    assert abs(pe["distance_correlation_all"]) < 0.1 and pe["distance_correlation_interior"] < -0.3
+    assert pe["border_contrast"] > 0.5 and pe["row_column_score"] > 0
+    k = s["cka"]
+    for text in (f"(mean CKA {k['self']['adjacent_mean']:.2f}; its first and last blocks {k['self']['first_last']:.2f})",
+                 f"CKA {k['cross']['max']:.2f} between {k['cross']['layer_a']} and the ResNet's stem "
+                 f"{k['cross']['layer_b']}"):
+        assert text in readme, text
+    cost = " ".join(s["cost_reading"])
+    for text in ("from 256 px (1025 tokens) on, and are 0.67 of them at 128 px", "peaks at 0.61 times",
+                 "FLOPs grow as pixels^1.40 for the ViT and pixels^1.00 for the ResNet"):
+        assert text in readme, text
+    for fact in ("from 256 px (1025 tokens, ", "at 128 px (257 tokens) they are 0.67 of them", "0.61 times",
+                 "pixels^1.40", "pixels^1.00"):
+        assert fact in cost, fact
     full, less = s["local_heads"]["vitlens/vit-tiny-shapes"], s["local_heads"]["vitlens/vit-tiny-shapes-10pct"]
     assert f"most local heads look {full['min_head_px']:.1f} and {less['min_head_px']:.1f} px" in readme
     # "neither has a head below half the distance of even attention in any layer"

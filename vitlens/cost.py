@@ -45,7 +45,7 @@ from .errors import UnsupportedModelError, VitlensError
 from .layout import is_vit, token_layout
 from .precision import autocast, check_precision
 
-__all__ = ["CostProfile", "cost_profile", "parameter_parts", "flop_parts", "peak_memory", "COLUMNS",
+__all__ = ["CostProfile", "cost_profile", "own_px", "parameter_parts", "flop_parts", "peak_memory", "COLUMNS",
            "QUANTITIES"]
 
 COLUMNS = ["model", "kind", "input_px", "tokens", "quantity", "part", "value", "unit", "device", "precision",
@@ -178,7 +178,7 @@ def _throughput(model: nn.Module, x: torch.Tensor, precision: str, repeats: int,
     return rates
 
 
-def _own_px(model: nn.Module) -> int:
+def own_px(model: nn.Module) -> int:
     """The input side a model was built for: its patch embedding's, else its timm config's."""
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     size = size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (224,)
@@ -197,7 +197,7 @@ def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
                                "the input side must be a multiple of that; choose another input size.")
         if tuple(model.patch_embed.img_size) != (px, px) and not hasattr(model, "set_input_size"):
             raise UnsupportedModelError(f"{name} ({type(model).__name__}) cannot be resized to {px} px inputs; "
-                                        f"measure it at its own size, {_own_px(model)} px.")
+                                        f"measure it at its own size, {own_px(model)} px.")
 
 
 def _sized(model: nn.Module, kind: str, px: int, device) -> nn.Module:
@@ -426,5 +426,5 @@ def cost_profile(model: nn.Module | Sequence[nn.Module], input_sizes: Sequence[i
             rows += [(name, kind, int(px), tokens, *r) for r in got]
     cols = [np.array(c) for c in zip(*rows)]
     return CostProfile(*cols, device=str(dev), precision=precision, threads=torch.get_num_threads(),
-                       memory_method=method, own_px=tuple((n, _own_px(m)) for n, m in zip(names, models)),
+                       memory_method=method, own_px=tuple((n, own_px(m)) for n, m in zip(names, models)),
                        repeats=repeats, warmup=warmup)

@@ -32,7 +32,7 @@ from .modes import eval_mode
 from .models import model_name
 from .precision import autocast, float32_probabilities
 
-__all__ = ["PREFIX_CONVENTIONS", "UNITS", "distance_matrix", "uniform_distance", "mean_attention_distance",
+__all__ = ["PREFIX_CONVENTIONS", "UNITS", "check_prefix_convention", "distance_matrix", "uniform_distance", "mean_attention_distance",
            "DistanceAccumulator", "AttentionDistance", "attention_distance", "stream_distance",
            "new_accumulator"]
 
@@ -64,7 +64,7 @@ def uniform_distance(layout: TokenLayout, units: Unit = "px") -> float:
     return float(distance_matrix(layout, units).mean())
 
 
-def _check(prefix_tokens: str) -> None:
+def check_prefix_convention(prefix_tokens: str) -> None:
     if prefix_tokens not in PREFIX_CONVENTIONS:
         raise ValueError(f"prefix_tokens must be 'renormalize' or 'discard', got {prefix_tokens!r}")
 
@@ -86,7 +86,7 @@ def mean_attention_distance(attn: torch.Tensor, layout: TokenLayout, *, prefix_t
         ``renormalize`` when all mass sits on prefix tokens) is left out of the mean over queries.
         NaN where the maps hold NaN or Inf (an fp16 overflow, say), so it is never averaged in.
     """
-    _check(prefix_tokens)
+    check_prefix_convention(prefix_tokens)
     if attn.shape[-1] != layout.num_tokens or attn.shape[-2] != layout.num_tokens:
         raise ValueError(f"attention has {attn.shape[-1]} tokens but the layout has {layout.num_tokens} "
                          f"({layout.describe()})")
@@ -214,12 +214,15 @@ class DistanceAccumulator:
     def __init__(self, layout: TokenLayout, num_layers: int, num_heads: int, *,
                  prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
                  device: str | torch.device = "cpu"):
-        _check(prefix_tokens)
+        check_prefix_convention(prefix_tokens)
         self.layout, self.prefix_tokens, self.units = layout, prefix_tokens, units
         d = distance_matrix(layout, units)
         self.max_distance = float(d.max()) if d.size else 1.0
         self._dist = torch.as_tensor(d, dtype=torch.float32, device=device)
-        shape = (num_layers, num_heads)
+        self._allocate((num_layers, num_heads))
+
+    def _allocate(self, shape: tuple[int, int]) -> None:
+        """Empty per-(layer, head) sums, sums of squares, histograms and extremes."""
         self.count = np.zeros(shape, dtype=np.int64)
         self.nonfinite = np.zeros(shape, dtype=np.int64)
         self.sum = np.zeros(shape, dtype=np.float64)

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .distance import HIST_BINS, AttentionDistance, DistanceAccumulator, PrefixConvention, Unit, _check
+from .distance import HIST_BINS, AttentionDistance, DistanceAccumulator, PrefixConvention, Unit, check_prefix_convention
 from .windows import ReductionTables, WindowLayout, reduction_tables, windowed_mean_attention_distance
 
 __all__ = ["WindowedAttentionDistance", "WindowedDistanceAccumulator"]
@@ -117,7 +117,7 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
     def __init__(self, layout: WindowLayout, num_heads: Sequence[int], *,
                  prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
                  device: str | torch.device = "cpu"):
-        _check(prefix_tokens)
+        check_prefix_convention(prefix_tokens)
         if len(num_heads) != len(layout):
             raise ValueError(f"{len(num_heads)} head counts for {len(layout)} attention blocks")
         self.layout, self.prefix_tokens, self.units = layout, prefix_tokens, units
@@ -126,15 +126,7 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
         self._tables: dict[tuple[int, str], ReductionTables] = {}
         maxima = [self._table(i, self._device).max_distance for i in range(len(layout))]
         self.max_distance = float(max(maxima, default=0.0)) or 1.0
-        shape = (len(layout), int(self.num_heads.max(initial=1)))
-        self.count = np.zeros(shape, dtype=np.int64)
-        self.nonfinite = np.zeros(shape, dtype=np.int64)
-        self.sum = np.zeros(shape, dtype=np.float64)
-        self.sumsq = np.zeros(shape, dtype=np.float64)
-        self.hist = np.zeros(shape + (HIST_BINS,), dtype=np.int64)
-        self.min = np.full(shape, np.inf)
-        self.max = np.full(shape, -np.inf)
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._allocate((len(layout), int(self.num_heads.max(initial=1))))
 
     def _table(self, layer: int, device: torch.device) -> ReductionTables:
         key = (layer, str(device))

@@ -107,7 +107,7 @@ def load_by_prefix(name: str, *, pretrained: bool = True, checkpoint: str | os.P
 
 # --------------------------------------------------------------------------- shared by family loaders
 
-def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     """Whether ``host`` answers a TCP connection within ``timeout`` seconds (False when
     HF_HUB_OFFLINE is set, which also means "no network" to vitlens)."""
     import socket
@@ -120,7 +120,7 @@ def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_strict(model: nn.Module, name: str, path: str | os.PathLike) -> None:
+def load_strict(model: nn.Module, name: str, path: str | os.PathLike) -> None:
     """Load a local state dict into ``model``, every key and shape matching."""
     from ..models import read_state_dict
     sd: Mapping[str, torch.Tensor] = read_state_dict(path)
@@ -143,7 +143,7 @@ def _load_strict(model: nn.Module, name: str, path: str | os.PathLike) -> None:
     model.load_state_dict(dict(sd), strict=True)
 
 
-def _finish(model: nn.Module, source: dict, device) -> nn.Module:
+def finish_loading(model: nn.Module, source: dict, device) -> nn.Module:
     model.vitlens_source = source
     return model.to(device).eval()
 

@@ -185,7 +185,7 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
             copy, or a checkpoint that cannot be read or does not fit.
     """
     from ..models import hub_reachable
-    from . import _finish, _load_strict
+    from . import finish_loading, load_strict
     try:
         import open_clip
     except ImportError as e:
@@ -200,9 +200,9 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     if checkpoint is not None or not pretrained or not tag:
         model = open_clip.create_model(arch, pretrained=None)
         if checkpoint is not None:
-            _load_strict(model, name, checkpoint)
+            load_strict(model, name, checkpoint)
         source["weights"] = f"checkpoint:{Path(checkpoint)}" if checkpoint is not None else "random"
-        return _finish(model, source, device)
+        return finish_loading(model, source, device)
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags:
         raise ModelLoadError(f"open_clip has no pretrained tag '{tag}' for {arch}; it has {', '.join(tags) or 'none'}.")
@@ -221,4 +221,4 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     finally:
         hub.HF_HUB_OFFLINE = old
     source["weights"] = f"open_clip:{arch}:{tag}"
-    return _finish(model, source, device)
+    return finish_loading(model, source, device)

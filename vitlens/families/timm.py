@@ -23,7 +23,7 @@ from ..sizes import size_pair
 from . import register_family
 from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
 
-__all__ = ["TimmAdapter", "KNOWN_ATTENTION"]
+__all__ = ["TimmAdapter", "KNOWN_ATTENTION", "attn_drop_capture"]
 
 # Attention classes whose explicit path is softmax(...) -> attn_drop -> @ v, with a fused_attn flag.
 _KNOWN = [
@@ -150,46 +150,8 @@ class TimmAdapter(FamilyAdapter):
                                       depth=int(block.group(1)) if block else i))
         return out
 
-    @contextmanager
-    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
-        all_blocks = self.attention_blocks()
-        keep = sorted({int(i) for i in blocks})
-        if any(not 0 <= i < len(all_blocks) for i in keep):
-            raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
-        saved = [(b.module, b.module.fused_attn) for b in all_blocks]
-        ran = {i: 0 for i in keep}
-        fired = {i: 0 for i in keep}
-        handles = []
-
-        def hooks(i: int):
-            def on_probs(_module, args):
-                fired[i] += 1
-                emit(i, args[0])
-
-            def on_forward(_module, _args, _output):
-                ran[i] += 1
-            return on_probs, on_forward
-
-        try:
-            for b in all_blocks:
-                b.module.fused_attn = False
-            for i in keep:
-                on_probs, on_forward = hooks(i)
-                handles.append(all_blocks[i].module.attn_drop.register_forward_pre_hook(on_probs))
-                handles.append(all_blocks[i].module.register_forward_hook(on_forward))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for mod, flag in saved:
-                mod.fused_attn = flag
-        for i in keep:
-            if ran[i] and fired[i] < ran[i]:
-                b = all_blocks[i]
-                raise UnsupportedModelError(
-                    f"attention module {b.name} ({type(b.module).__module__}.{type(b.module).__name__}) ran "
-                    "without forming attention probabilities, so vitlens cannot capture it exactly; "
-                    "this timm version's attention code is not one vitlens knows.")
+    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention):
+        return attn_drop_capture(self.attention_blocks(), blocks, emit, "this timm version's attention code")
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     def _target_layout(self, input_size) -> TokenLayout:
@@ -323,3 +285,49 @@ class TimmAdapter(FamilyAdapter):
         if input_size is not None:
             args["input_size"] = (3, *size_pair(input_size))
         return timm.data.resolve_data_config(args, model=m)
+
+
+@contextmanager
+def attn_drop_capture(all_blocks: Sequence[AttentionBlock], blocks: Sequence[int], emit: EmitAttention,
+                      what: str, reshape=None) -> Iterator[None]:
+    """timm's explicit attention path, read at the input of every block's ``attn_drop``.
+
+    Every block's ``fused_attn`` is set False on entry and restored on exit (also when the body
+    raises); ``emit(i, attn)`` gets block ``i``'s probabilities (``reshape(i, attn)`` first, where
+    given). On exit, a block that ran without forming probabilities is an error naming ``what``.
+    """
+    keep = sorted({int(i) for i in blocks})
+    if any(not 0 <= i < len(all_blocks) for i in keep):
+        raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+    saved = [(b.module, b.module.fused_attn) for b in all_blocks if hasattr(b.module, "fused_attn")]
+    ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
+
+    def hooks(i: int):
+        def on_probs(_module, args):
+            fired[i] += 1
+            emit(i, args[0] if reshape is None else reshape(i, args[0]))
+
+        def on_forward(_module, _args, _output):
+            ran[i] += 1
+        return on_probs, on_forward
+
+    try:
+        for mod, _ in saved:
+            mod.fused_attn = False
+        for i in keep:
+            on_probs, on_forward = hooks(i)
+            handles.append(all_blocks[i].module.attn_drop.register_forward_pre_hook(on_probs))
+            handles.append(all_blocks[i].module.register_forward_hook(on_forward))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, flag in saved:
+            mod.fused_attn = flag
+    for i in keep:
+        if ran[i] and fired[i] < ran[i]:
+            b = all_blocks[i]
+            raise UnsupportedModelError(
+                f"attention module {b.name} ({type(b.module).__module__}.{type(b.module).__name__}) ran "
+                f"without forming attention probabilities, so vitlens cannot capture it exactly; {what} is "
+                "not one vitlens knows.")

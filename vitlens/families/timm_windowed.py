@@ -14,8 +14,7 @@ token of every window sits.
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -133,49 +132,18 @@ class TimmWindowedAdapter(FamilyAdapter):
         return [AttentionBlock(name=f"{name}.attn", module=blk.attn, num_heads=int(blk.attn.num_heads), depth=d)
                 for d, (name, blk) in enumerate(self._named_blocks())]
 
-    @contextmanager
-    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
+    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention):
         """Inside: ``emit(i, attn)`` with ``attn`` ``[batch * window, head, query, key]`` (one window
         per image for a global block) for each block index in ``blocks``."""
+        from .timm import attn_drop_capture
+
         all_blocks = self.attention_blocks()
-        keep = sorted({int(i) for i in blocks})
-        if any(not 0 <= i < len(all_blocks) for i in keep):
-            raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
-        saved = [(b.module, b.module.fused_attn) for b in all_blocks if hasattr(b.module, "fused_attn")]
-        ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
-        folded = self.kind == "sam"  # [batch * window * head, query, key]
 
-        def hooks(i: int, heads: int):
-            def on_probs(_module, args):
-                fired[i] += 1
-                p = args[0]
-                emit(i, p.reshape(-1, heads, *p.shape[-2:]) if folded else p)
+        def unfold(i: int, p: torch.Tensor) -> torch.Tensor:  # SAM: [batch * window * head, query, key]
+            return p.reshape(-1, all_blocks[i].num_heads, *p.shape[-2:])
 
-            def on_forward(_module, _args, _output):
-                ran[i] += 1
-            return on_probs, on_forward
-
-        try:
-            for mod, _ in saved:
-                mod.fused_attn = False
-            for i in keep:
-                b = all_blocks[i]
-                on_probs, on_forward = hooks(i, b.num_heads)
-                handles.append(b.module.attn_drop.register_forward_pre_hook(on_probs))
-                handles.append(b.module.register_forward_hook(on_forward))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for mod, flag in saved:
-                mod.fused_attn = flag
-        for i in keep:
-            if ran[i] and fired[i] < ran[i]:
-                b = all_blocks[i]
-                raise UnsupportedModelError(
-                    f"attention module {b.name} ({type(b.module).__module__}.{type(b.module).__name__}) ran "
-                    "without forming attention probabilities, so vitlens cannot capture it exactly; this timm "
-                    "version's window attention is not one vitlens knows.")
+        return attn_drop_capture(all_blocks, blocks, emit, "this timm version's window attention",
+                                 reshape=unfold if self.kind == "sam" else None)
 
     # -- tables, outputs, filters, preprocessing -----------------------------------------------
     def position_table(self, input_size: int | Sequence[int] | None = None, *,

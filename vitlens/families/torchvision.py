@@ -162,7 +162,7 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     """
     import torchvision.models as tvm
 
-    from . import _finish, _host_reachable, _load_strict
+    from . import finish_loading, host_reachable, load_strict
     arch, _, tag = name.split(":", 1)[1].partition(":")
     known = tvm.list_models()
     if arch not in known:
@@ -173,9 +173,9 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     if checkpoint is not None or not pretrained:
         model = tvm.get_model(arch, weights=None)
         if checkpoint is not None:
-            _load_strict(model, name, checkpoint)
+            load_strict(model, name, checkpoint)
         source["weights"] = f"checkpoint:{Path(checkpoint)}" if checkpoint is not None else "random"
-        return _finish(model, source, device)
+        return finish_loading(model, source, device)
     enum = tvm.get_model_weights(arch)
     try:
         weights = enum[tag] if tag else enum.DEFAULT
@@ -184,7 +184,7 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
                              f"{', '.join(w.name for w in enum)}.") from None
     url = urllib.parse.urlparse(weights.url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.path).name
-    if not cached.is_file() and not _host_reachable(url.hostname or "download.pytorch.org", url.port or 443):
+    if not cached.is_file() and not host_reachable(url.hostname or "download.pytorch.org", url.port or 443):
         raise ModelLoadError(f"the weights {weights} of {arch} could not be downloaded: {url.hostname} is not "
                              f"reachable and no copy is cached in {cached.parent}. Pass a local state dict "
                              "with checkpoint= (--checkpoint PATH), or use random weights (--random-init).")
@@ -198,4 +198,4 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     source["preprocessing"] = {"crop_size": int(t.crop_size[0]), "resize_size": int(t.resize_size[0]),
                                "interpolation": str(t.interpolation.value), "mean": list(t.mean),
                                "std": list(t.std)}
-    return _finish(model, source, device)
+    return finish_loading(model, source, device)

@@ -31,7 +31,8 @@ from . import register_family
 from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
 from ..sizes import size_pair
 
-__all__ = ["TransformersAdapter", "load", "SUPPORTED_MODEL_TYPES", "DEFAULT_PREPROCESSING"]
+__all__ = ["TransformersAdapter", "load", "SUPPORTED_MODEL_TYPES", "DEFAULT_PREPROCESSING", "returned_weights_capture",
+           "processor_config", "from_processor"]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -182,47 +183,10 @@ class TransformersAdapter(FamilyAdapter):
                 stack += [getattr(c, k, None) for k in (getattr(c, "sub_configs", None) or {})]
         return list(seen.values())
 
-    @contextmanager
-    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
+    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention):
         """Inside: ``emit(i, attn)`` with ``attn`` ``[batch, head, query, key]`` for each block in
         ``blocks``, the eager path's own probabilities."""
-        all_blocks = self.attention_blocks()
-        keep = sorted({int(i) for i in blocks})
-        if any(not 0 <= i < len(all_blocks) for i in keep):
-            raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
-        saved = [(c, _get_impl(c)) for c in self._configs()]
-        ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
-
-        def hook_for(index: int, name: str):
-            def hook(module, _args, output):
-                ran[index] += 1
-                if module.training and _dropout_rate(module) > 0:
-                    raise UnsupportedModelError(
-                        f"attention module {name} is in training mode with attention dropout "
-                        f"p={_dropout_rate(module):g}, so the weights it returns are after dropout; call "
-                        "model.eval() before capturing attention.")
-                weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-                if isinstance(weights, torch.Tensor):
-                    fired[index] += 1
-                    emit(index, weights)  # [batch, head, query, key]
-            return hook
-
-        try:
-            for c, _ in saved:
-                _set_impl(c, "eager")
-            handles += [all_blocks[i].module.register_forward_hook(hook_for(i, all_blocks[i].name)) for i in keep]
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for c, value in saved:
-                _set_impl(c, value)
-        for i in keep:
-            if ran[i] > fired[i]:
-                b = all_blocks[i]
-                raise UnsupportedModelError(
-                    f"attention module {b.name} ({type(b.module).__name__}) ran on the eager path without "
-                    "returning its probabilities; this transformers version is not one vitlens knows.")
+        return returned_weights_capture(self.attention_blocks(), blocks, emit, self._configs())
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     def _table(self) -> torch.Tensor | None:
@@ -264,11 +228,11 @@ class TransformersAdapter(FamilyAdapter):
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None
 
     def preprocessing(self) -> Preprocessing:
-        proc = _processor_config(str(getattr(self.model.config, "_name_or_path", "") or ""))
+        proc = processor_config(str(getattr(self.model.config, "_name_or_path", "") or ""))
         size = size_pair(self.config.image_size)
         if proc is None:
             return Preprocessing(input_size=size, **DEFAULT_PREPROCESSING[self.model_type])
-        return _from_processor(proc, size, DEFAULT_PREPROCESSING[self.model_type])
+        return from_processor(proc, size, DEFAULT_PREPROCESSING[self.model_type])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, projected image features (CLIPModel, SiglipModel) or the pooled output."""
@@ -287,7 +251,7 @@ class TransformersAdapter(FamilyAdapter):
 
 # --------------------------------------------------------------------------- preprocessing
 
-def _processor_config(name: str) -> dict | None:
+def processor_config(name: str) -> dict | None:
     """``preprocessor_config.json`` from a local directory or the hub cache, without network."""
     path = Path(name) / "preprocessor_config.json" if name else None
     if path is not None and not path.is_file():
@@ -309,7 +273,7 @@ def _hw(s) -> tuple[int, int] | None:
     return (int(s["height"]), int(s["width"])) if isinstance(s, dict) and "height" in s and "width" in s else None
 
 
-def _from_processor(p: dict, model_size: tuple[int, int], defaults: dict) -> Preprocessing:
+def from_processor(p: dict, model_size: tuple[int, int], defaults: dict) -> Preprocessing:
     """An image processor's config as a Preprocessing: resize (shortest edge, or both sides),
     optional centre crop, resample filter, mean and std (rescaling by 1/255 assumed)."""
     size, crop = p.get("size"), p.get("crop_size")
@@ -337,7 +301,7 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
         ModelLoadError: transformers missing, an unknown repo, or no network and no cached copy.
     """
     from ..models import hub_reachable
-    from . import _finish, _load_strict
+    from . import finish_loading, load_strict
     ref = name.split(":", 1)[1]
     try:
         import transformers
@@ -357,7 +321,7 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     if checkpoint is not None or not pretrained:
         model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
         if checkpoint is not None:
-            _load_strict(model, name, checkpoint)
+            load_strict(model, name, checkpoint)
         weights = f"checkpoint:{Path(checkpoint)}" if checkpoint is not None else "random"
     else:
         try:
@@ -373,4 +337,53 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
                 pass
     source = {"name": name, "architecture": type(model).__name__, "tag": None, "weights": weights,
               "model_type": _model_type(model)}
-    return _finish(model, source, device)
+    return finish_loading(model, source, device)
+
+
+@contextmanager
+def returned_weights_capture(all_blocks: Sequence[AttentionBlock], blocks: Sequence[int], emit: EmitAttention,
+                             configs: Sequence) -> Iterator[None]:
+    """transformers' eager attention, read from the weights each attention module returns.
+
+    Every config's attention implementation is set to ``eager`` on entry and restored on exit (also
+    when the body raises); a forward hook on each kept block passes the probabilities it returns,
+    ``[batch (x window), head, query, key]``, to ``emit(i, attn)``. A module in training mode with
+    attention dropout is refused (its weights are after dropout); a block that ran without returning
+    its probabilities is an error on exit.
+    """
+    keep = sorted({int(i) for i in blocks})
+    if any(not 0 <= i < len(all_blocks) for i in keep):
+        raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+    saved = [(c, _get_impl(c)) for c in configs]
+    ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
+
+    def hook_for(index: int, name: str):
+        def hook(module, _args, output):
+            ran[index] += 1
+            if module.training and _dropout_rate(module) > 0:
+                raise UnsupportedModelError(
+                    f"attention module {name} is in training mode with attention dropout "
+                    f"p={_dropout_rate(module):g}, so the weights it returns are after dropout; call "
+                    "model.eval() before capturing attention.")
+            weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+            if isinstance(weights, torch.Tensor):
+                fired[index] += 1
+                emit(index, weights)
+        return hook
+
+    try:
+        for c, _ in saved:
+            _set_impl(c, "eager")
+        handles += [all_blocks[i].module.register_forward_hook(hook_for(i, all_blocks[i].name)) for i in keep]
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for c, value in saved:
+            _set_impl(c, value)
+    for i in keep:
+        if ran[i] > fired[i]:
+            b = all_blocks[i]
+            raise UnsupportedModelError(
+                f"attention module {b.name} ({type(b.module).__name__}) ran on the eager path without "
+                "returning its probabilities; this transformers version is not one vitlens knows.")

@@ -109,32 +109,23 @@ class TransformersWindowedAdapter(FamilyAdapter):
                                       depth=d))
         return out
 
-    @contextmanager
-    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
+    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention):
         """Inside: ``emit(i, attn)`` with ``attn`` ``[batch * window, head, query, key]`` for each
-        block index in ``blocks``."""
-        from .transformers import _dropout_rate, _get_impl, _set_impl
+        block index in ``blocks``. Swin returns its eager weights; Swin-V2's cosine attention is read
+        at the input of its attention dropout."""
+        from .transformers import returned_weights_capture
 
         all_blocks = self.attention_blocks()
+        if not self.v2:
+            return returned_weights_capture(all_blocks, blocks, emit, self._configs())
+        return self._dropout_input_capture(all_blocks, blocks, emit)
+
+    @contextmanager
+    def _dropout_input_capture(self, all_blocks, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
         keep = sorted({int(i) for i in blocks})
         if any(not 0 <= i < len(all_blocks) for i in keep):
             raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
-        saved = [(c, _get_impl(c)) for c in self._configs()] if not self.v2 else []
         ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
-
-        def weights_hook(i: int, name: str):
-            def hook(module, _args, output):
-                ran[i] += 1
-                if module.training and _dropout_rate(module) > 0:
-                    raise UnsupportedModelError(
-                        f"attention module {name} is in training mode with attention dropout "
-                        f"p={_dropout_rate(module):g}, so the weights it returns are after dropout; call "
-                        "model.eval() before capturing attention.")
-                weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-                if isinstance(weights, torch.Tensor):
-                    fired[i] += 1
-                    emit(i, weights)  # [batch * window, head, query, key]
-            return hook
 
         def probs_hook(i: int):
             def hook(_module, args):
@@ -146,22 +137,15 @@ class TransformersWindowedAdapter(FamilyAdapter):
             return hook, ran_hook
 
         try:
-            for c, _ in saved:
-                _set_impl(c, "eager")
             for i in keep:
                 b = all_blocks[i]
-                if self.v2:
-                    on_probs, on_ran = probs_hook(i)
-                    handles.append(b.module.dropout.register_forward_pre_hook(on_probs))
-                    handles.append(b.module.register_forward_hook(on_ran))
-                else:
-                    handles.append(b.module.register_forward_hook(weights_hook(i, b.name)))
+                on_probs, on_ran = probs_hook(i)
+                handles.append(b.module.dropout.register_forward_pre_hook(on_probs))
+                handles.append(b.module.register_forward_hook(on_ran))
             yield
         finally:
             for h in handles:
                 h.remove()
-            for c, value in saved:
-                _set_impl(c, value)
         for i in keep:
             if ran[i] > fired[i]:
                 b = all_blocks[i]
@@ -222,12 +206,12 @@ class TransformersWindowedAdapter(FamilyAdapter):
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None
 
     def preprocessing(self) -> Preprocessing:
-        from .transformers import _from_processor, _processor_config
-        proc = _processor_config(str(getattr(self.config, "_name_or_path", "") or ""))
+        from .transformers import from_processor, processor_config
+        proc = processor_config(str(getattr(self.config, "_name_or_path", "") or ""))
         size = size_pair(self.config.image_size)
         if proc is None:
             return Preprocessing(input_size=size, **DEFAULT_WINDOWED_PREPROCESSING)
-        return _from_processor(proc, size, DEFAULT_WINDOWED_PREPROCESSING)
+        return from_processor(proc, size, DEFAULT_WINDOWED_PREPROCESSING)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, else the pooled output, else the last hidden state."""

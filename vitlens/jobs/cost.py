@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..cost import CostProfile, _own_px, cost_profile
+from ..cost import CostProfile, own_px, cost_profile
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..layout import is_vit, token_layout
@@ -26,7 +26,7 @@ PRODUCTS = ["cost.csv", "cost.png", "cost.svg", "run.json"]
 
 def default_sizes(model: nn.Module) -> list[int]:
     """Half, once and twice the model's own input side, each a multiple of a ViT's patch stride."""
-    own = _own_px(model)
+    own = own_px(model)
     step = int(token_layout(model).patch_stride[0]) if is_vit(model) else 1
     return sorted({max(step, round(own * f / step) * step) for f in (0.5, 1, 2)})
 
