@@ -33,6 +33,8 @@ Comparisons (default sizes; ``--quick`` uses smaller ones):
 7. CKA between the small ViT and the shipped ResNet: time against the two plain forward passes
    over the same images, and peak resident memory of the ``vitlens cka`` process at 2000 images
    against 100 (the Gram matrices are formed per minibatch and dropped).
+8. Windowed attention on Swin-T at 224 px: ``attention_distance`` throughput against the plain forward
+   pass with fused attention (window maps are reduced where they are captured).
 
 Peak memory is the child's ``VmHWM`` from ``/proc/self/status``. ``getrusage().ru_maxrss`` is not
 used: on Linux a child started with fork/vfork + exec inherits the parent's high-water mark in
@@ -63,9 +65,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 FULL = {"distance": 512, "rollout": 64, "erf": 32, "cost": 128, "cli": 512, "flat_lo": 100, "flat_hi": 2000,
-        "cka": 512}
-QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192, "cka": 64}
+        "cka": 512, "swin": 32}
+QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192, "cka": 64, "swin": 8}
 CKA_CNN = "vitlens/resnet-tiny-shapes"  # CKA's second model: the shipped ResNet, beside the small ViT
+SWIN = "swin_tiny_patch4_window7_224"      # windowed attention, random init
 MIB = 1024 * 1024
 
 
@@ -381,6 +384,19 @@ def run_benchmark(args) -> dict:
             rows.append(row(f"`vitlens cka` process peak RSS, {hi} vs {lo} images (batch {bs})",
                             f"{kpeaks[hi] / MIB:.0f} MiB", f"{kpeaks[lo] / MIB:.0f} MiB", r, "<= 1.10", r <= 1.10,
                             peaks={str(k): v for k, v in sorted(kpeaks.items())}))
+
+        # ---------------------------------------------------------------- 8. windowed attention: Swin-T
+        swin = build_model(SWIN, dev, seed)
+        nw = sizes["swin"]
+        xw = torch.cat([xb for xb, _ in ImageSet.for_model(swin, folder, num_images=nw).batches(bs)])
+        wjobs = {"forward": lambda: plain_forward(swin, xw, bs, dev),
+                 "distance": lambda: attention_distance(swin, xw, batch_size=bs)}
+        _timed_rounds(wjobs, 1, dev, "Swin-T warm-up")
+        wbest, wtimes, _ = _timed_rounds(wjobs, 2 * rounds - 1, dev, "Swin-T")
+        r = wbest["forward"] / wbest["distance"]
+        rows.append(row(f"{SWIN} (windowed): distance throughput / plain fused forward, {nw} images (batch {bs})",
+                        f"{nw / wbest['distance']:.1f} img/s", f"{nw / wbest['forward']:.1f} img/s", r, ">= 0.70",
+                        r >= 0.70, distance_s=wtimes["distance"], forward_s=wtimes["forward"]))
     finally:
         if args.keep:
             _say(f"kept {work}")
