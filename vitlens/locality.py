@@ -65,6 +65,16 @@ class Locality:
     distances: tuple[AttentionDistance, ...]
     fields: tuple[ReceptiveField, ...]
 
+    def attention_by_depth(self, d: AttentionDistance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For one of :attr:`distances`: each layer's relative depth ``[layer]``, the distinct block
+        depths ``[block]``, and the mean distance over heads (and over the layers of one block, for
+        parallel blocks) at each ``[block]`` -- what the locality figure draws."""
+        _, x = attention_depth(d)
+        blocks = np.unique(x)
+        with np.errstate(all="ignore"):
+            means = np.array([np.nanmean(d.distance[x == v]) for v in blocks])
+        return x, blocks, means
+
     @property
     def models(self) -> list[str]:
         """Model names in the order first seen (attention distances, then fields)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..locality import attention_depth
 from . import MODEL_COLORS, new_axes
 
 __all__ = ["plot_locality"]
@@ -32,12 +31,11 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     for d in result.distances:
         c = colors[d.model]
         L, H = d.distance.shape
-        _, x = attention_depth(d)
+        x, blocks, means = result.attention_by_depth(d)  # one point per block (parallel blocks: several layers)
         side = d.layout.input_size
         if heads:
             ax.scatter(np.repeat(x, H), d.distance.ravel(), s=12, color=c, alpha=0.45, edgecolors="none")
-        ux = np.unique(x)  # one point per block (parallel blocks hold several attention layers)
-        ax.plot(ux, [np.nanmean(d.distance[x == v]) for v in ux], color=c, lw=1.8, marker="o", ms=4,
+        ax.plot(blocks, means, color=c, lw=1.8, marker="o", ms=4,
                 label=f"{d.model}: attention distance, mean over all queries ({side[0]} px input)")
         top = max(top, float(np.nanmax(d.distance, initial=0.0)), d.uniform)
         if reference and round(d.uniform, 3) not in drawn:  # one line and label per distinct reference
