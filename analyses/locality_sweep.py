@@ -24,6 +24,8 @@ Nothing favours locality: default timm initialisation, no distance penalty, the 
 
 Outputs, rewritten after every finished run so that partial results are usable:
 
+- ``vitlens/zoo/locality_sweep_runs.csv`` (``<out>/locality_sweep_runs.csv`` for another ``--out``):
+  one row per run, the run-level columns, which the report's less-data section reads;
 - ``figures/locality_sweep.csv``: tidy, one row per run x layer x head (0-based), plus run-level
   columns (accuracy, local heads in lower and upper layers, position-embedding structure, seconds);
 - ``figures/locality_sweep.json``: the sweep's settings, machine, threads, versions, and per run its
@@ -333,6 +335,24 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
     tmp.replace(out / "locality_sweep.json")
     if len(frame):
         plot_sweep(frame, out / "locality_sweep.png")
+        write_run_summary(frame, out)
+
+
+RUN_COLUMNS = ["run", "grid", "patch_size", "distinct_images", "steps", "batch_size", "accuracy", "uniform_px",
+               "local_threshold_px", "local_heads_lower", "local_heads_upper", "mean_distance_lower_px",
+               "mean_distance_upper_px", "min_distance_px", "pe_distance_correlation_interior", "pe_border_contrast"]
+PACKAGED = REPO / "vitlens" / "zoo" / "locality_sweep_runs.csv"
+
+
+def write_run_summary(frame, out: Path) -> None:
+    """One row per run (the run-level columns); for the sweep of record (``--out figures``) also into
+    the package, where ``vitlens report`` reads it for its less-data section."""
+    runs = frame.drop_duplicates("run")[RUN_COLUMNS].reset_index(drop=True)
+    targets = [PACKAGED] if out.resolve() == (REPO / "figures").resolve() else [out / "locality_sweep_runs.csv"]
+    for path in targets:
+        tmp = path.with_suffix(".csv.tmp")
+        runs.to_csv(tmp, index=False)
+        tmp.replace(path)
 
 
 def plot_sweep(frame, path: Path) -> None:
@@ -456,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_only:
         import pandas as pd
 
-        plot_sweep(pd.read_csv(out / "locality_sweep.csv"), out / "locality_sweep.png")
-        print(f"wrote {out / 'locality_sweep.png'}")
+        frame = pd.read_csv(out / "locality_sweep.csv")
+        plot_sweep(frame, out / "locality_sweep.png")
+        write_run_summary(frame, out)
+        print(f"wrote {out / 'locality_sweep.png'} and the run summary")
         return 0
 
     steps = parse_steps(args.steps, args.grids)

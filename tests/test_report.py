@@ -21,7 +21,7 @@ from vitlens.data.images import ImageSet
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
            "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
-           "receptive_field.png", "less_data.png", "cka.png", "cost.png"]
+           "receptive_field.png", "less_data.png", "cka.png", "cost.png", "locality_sweep.png"]
 EXPLORER_PICK = (1, 3, 2, 10)  # image, layer (from 1), head (from 1), query patch
 
 

@@ -167,3 +167,18 @@ def test_cka_readings_say_what_the_matrices_show():
     assert "goes s3, s2, s1: not in the CNN's order" in lines[2]
     flat = SimpleNamespace(cka=np.array([[1.0, 0.5], [0.5, 1.0]]), model_a="vit", layers_a=("b0", "b1"))
     assert "gradually" not in cka_reading(flat)[0]
+
+
+def test_sweep_reading_says_what_the_runs_show():
+    runs = pd.DataFrame({"grid": [8, 8, 16], "distinct_images": [500, 50000, 500], "steps": [10, 10, 5],
+                         "accuracy": [0.5, 0.8, 0.3], "uniform_px": [33.1, 33.1, 33.3],
+                         "local_threshold_px": [16.5, 16.5, 16.6], "local_heads_lower": [0, 0, 0],
+                         "local_heads_upper": [0, 0, 0], "mean_distance_lower_px": [31.9, 31.4, 33.4],
+                         "min_distance_px": [29.0, 28.1, 32.5]})
+    text = sec.sweep_reading(runs)
+    assert "3 runs of the same ViT trained from scratch on 500 to 50,000 distinct images" in text
+    assert "no run grows a local head in any layer" in text
+    assert "on the 8 x 8 grid the lower layers' mean distance stays between 31.4 and 31.9 px (uniform 33.1 px) " \
+           "at 50 to 80% held-out accuracy" in text
+    runs.loc[1, "local_heads_lower"] = 3
+    assert "3 local heads appear across the runs" in sec.sweep_reading(runs)

@@ -30,7 +30,7 @@ from ..distance import attention_distance
 from ..errors import UnsupportedModelError, VitlensError
 from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz, versions, write_json, write_text
 from ..locality import locality
-from ..models import zoo_models
+from ..models import ZOO_DIR, zoo_models
 from ..receptive_field import effective_receptive_field
 from .figures import sheet_labels
 from .page import render_page
@@ -52,6 +52,12 @@ ERF_IMAGES = 64  # receptive fields take one backward pass per layer: averaged o
 SHEET_IMAGES = 16
 EXPLORER_IMAGES = 3  # images in the attention explorer (every head of every layer is stored for each)
 PRODUCTS = ["index.html", "run.json", "figures", "data", "shapes"]
+def _sweep_runs() -> pd.DataFrame | None:
+    """The data-size sweep's run table shipped in the package (analyses/locality_sweep.py), if any."""
+    path = ZOO_DIR / "locality_sweep_runs.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
 def _shapes_images(out: Path, n: int, seed: int) -> list[Path]:
     from ..data.shapes import save_images
 
@@ -195,7 +201,7 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
     from ..plotting.distance import distance_figure
     from ..plotting.posembed import position_embedding_figure
     from ..plotting.receptive_field import receptive_field_figure
-    from .figures import plot_local_heads, plot_mask_scores
+    from .figures import plot_local_heads, plot_mask_scores, plot_sweep_runs
     from ..plotting.rollout import contact_sheet_figure
     from ..posembed import position_embedding_similarity
 
@@ -320,7 +326,13 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
         plot_local_heads([full, less], local_fraction, ax=ax)
         save_figure(fig, figs / "less_data.png")
         plt.close(fig)
-        sections.append(sec.data_section(full, less, local_fraction))
+        sweep = _sweep_runs()
+        if sweep is not None:
+            save_csv(data / "locality_sweep_runs.csv", sweep)
+            ax = plot_sweep_runs(sweep)
+            save_figure(ax.figure, figs / "locality_sweep.png")
+            plt.close(ax.figure)
+        sections.append(sec.data_section(full, less, local_fraction, sweep))
 
     zoo = zoo_models()
     for m, f in zip(models, fields):

@@ -69,3 +69,25 @@ def sheet_labels(frame: pd.DataFrame, names: Sequence[str]) -> list[str]:
         true = "" if true is None or pd.isna(true) else f"true {cls(true)}"
         out.append(" / ".join(s for s in (true, pred) if s))
     return out
+
+
+def plot_sweep_runs(runs, ax=None):
+    """The data-size sweep (one row per run): the lower layers' mean attention distance and the most
+    local head against distinct training images (log x), one colour per patch grid, with uniform
+    attention's distance and the local-head threshold. Returns the axes."""
+    ax = new_axes(ax, figsize=(6.5, 4.3))
+    for k, (grid, g) in enumerate(runs.groupby("grid", sort=True)):
+        g = g.sort_values("distinct_images")
+        c = MODEL_COLORS[k % len(MODEL_COLORS)]
+        label = f"{grid} x {grid} grid, {int(g.steps.iloc[0])} steps"
+        ax.plot(g.distinct_images, g.mean_distance_lower_px, color=c, marker="o", label=f"{label}: lower layers' mean")
+        ax.plot(g.distinct_images, g.min_distance_px, color=c, marker="v", ls=":", label=f"{label}: most local head")
+        ax.axhline(float(g.uniform_px.iloc[0]), color=c, ls="-.", lw=0.8)
+        ax.axhline(float(g.local_threshold_px.iloc[0]), color=c, ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct training images")
+    ax.set_ylabel("attention distance (px, held-out images)")
+    ax.set_ylim(0, 1.1 * float(runs.uniform_px.max()))
+    ax.set_title("Data-size sweep: dash-dot = uniform attention, dashed = local-head threshold", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return ax

@@ -229,7 +229,24 @@ def local_heads(d: AttentionDistance, fraction: float) -> tuple[int, int, float]
         return int(d.local_head_counts(fraction)[:half].sum()), int(low.size), float(np.nanmean(low))
 
 
-def data_section(full: AttentionDistance, less: AttentionDistance, fraction: float) -> Section:
+def sweep_reading(runs: pd.DataFrame) -> str:
+    """The data-size sweep in one sentence, from its run table (one row per run)."""
+    n_local = int(runs.local_heads_lower.sum() + runs.local_heads_upper.sum())
+    lo, hi = runs.distinct_images.min(), runs.distinct_images.max()
+    parts = []
+    for grid, g in runs.groupby("grid", sort=True):
+        parts.append(f"on the {grid} x {grid} grid the lower layers' mean distance stays between "
+                     f"{g.mean_distance_lower_px.min():.1f} and {g.mean_distance_lower_px.max():.1f} px (uniform "
+                     f"{g.uniform_px.iloc[0]:.1f} px) at {100 * g.accuracy.min():.0f} to {100 * g.accuracy.max():.0f}% "
+                     "held-out accuracy")
+    head = (f"In the data-size sweep ({len(runs)} runs of the same ViT trained from scratch on {lo:,} to {hi:,} "
+            "distinct images) " + ("no run grows a local head in any layer" if n_local == 0 else
+                                  f"{n_local} local heads appear across the runs"))
+    return head + ": " + "; ".join(parts) + "."
+
+
+def data_section(full: AttentionDistance, less: AttentionDistance, fraction: float,
+                 sweep: pd.DataFrame | None = None) -> Section:
     nf, total, mf = local_heads(full, fraction)
     nl, _, ml = local_heads(less, fraction)
     half = max(1, full.num_layers // 2)
@@ -247,13 +264,20 @@ def data_section(full: AttentionDistance, less: AttentionDistance, fraction: flo
     else:
         verdict = (f"With a tenth of the data the ViT has {nl} local heads in layers 1-{half} against {nf} with all "
                    f"of it (its lower-layer heads look {diff} on average): here less data did not cost local heads.")
+    figures = [Figure("figures/less_data.png", "Attention distance by depth of the ViT trained on all the images "
+                      "and of the same ViT trained on a tenth of them, with the local-head line.")]
+    reading = ["Raghu et al. (2021) found that ViTs trained on less data lose the local heads of their lower "
+               "layers; here the same ViT is trained on all and on a tenth of the shapes images, for as many steps.",
+               verdict]
+    if sweep is not None and len(sweep):
+        figures.append(Figure("figures/locality_sweep.png", "The data-size sweep shipped with vitlens "
+                              "(analyses/locality_sweep.py): attention distance of the lower layers and of the most "
+                              "local head against distinct training images."))
+        reading.append(sweep_reading(sweep))
     return Section(
         "Less training data: local heads",
-        figures=[Figure("figures/less_data.png", "Attention distance by depth of the ViT trained on all the images "
-                        "and of the same ViT trained on a tenth of them, with the local-head line.")],
-        reading=["Raghu et al. (2021) found that ViTs trained on less data lose the local heads of their lower "
-                 "layers; here the same ViT is trained on all and on a tenth of the shapes images, for as many steps.",
-                 verdict],
+        figures=figures,
+        reading=reading,
         numbers=[(f"{full.model}: local heads in layers 1-{half}", f"{nf} of {total} (mean {mf:.2f} px, "
                   f"sd across heads {sf:.2f} px)"),
                  (f"{less.model}: local heads in layers 1-{half}", f"{nl} of {total} (mean {ml:.2f} px, "
