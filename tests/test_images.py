@@ -114,3 +114,21 @@ def test_preprocessing_is_the_models_own(tiny_vit, tmp_path):
         ref = create_transform(**resolve_data_config(args, model=model), is_training=False)
         x, _ = next(ImageSet.for_model(model, p).batches(1))
         torch.testing.assert_close(x[0], ref(Image.open(p).convert("RGB")))
+
+
+def test_pillow_settings_are_left_as_the_caller_set_them(tmp_path, monkeypatch):
+    from PIL import Image, ImageFile
+
+    from vitlens.data.images import open_rgb
+
+    good, cut = tmp_path / "good.png", tmp_path / "cut.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(good)
+    cut.write_bytes(good.read_bytes()[:-40])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the caller's own choice
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert open_rgb(good, max_pixels=5_000).size == (40, 30)
+    with pytest.raises((OSError, ValueError)):
+        open_rgb(cut, max_pixels=5_000)  # truncated files are refused even so
+    with pytest.raises(ValueError, match="over the limit"):
+        open_rgb(good, max_pixels=1_000)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True and Image.MAX_IMAGE_PIXELS == 10_000

@@ -120,8 +120,15 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
             types (SyntaxError, struct.error, EOFError...); those are raised as OSError, so callers
             need to catch only these two.
     """
+    # Pillow's module-wide settings are touched only where they would contradict this call (a
+    # larger limit than Pillow's, or truncated files allowed), and put back at once: with the defaults
+    # nothing global changes.
     old_max, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
+    raise_limit = max_pixels is None or (old_max is not None and max_pixels > old_max)
+    if raise_limit:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    if old_trunc:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -134,7 +141,10 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
     except Exception as e:
         raise OSError(f"cannot decode the image ({type(e).__name__}: {e})") from e
     finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_max, old_trunc
+        if raise_limit:
+            Image.MAX_IMAGE_PIXELS = old_max
+        if old_trunc:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old_trunc
 
 
 def _decode(path, max_pixels: int | None) -> Image.Image:
