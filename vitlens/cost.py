@@ -29,6 +29,7 @@ takes every size as it is. Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import statistics
@@ -42,6 +43,7 @@ import torch.nn as nn
 
 from .capture import attention_modules
 from .errors import UnsupportedModelError, VitlensError
+from .families import forward_of
 from .layout import is_vit, token_layout
 from .precision import autocast, check_precision
 
@@ -110,14 +112,14 @@ def _blocks(names: Sequence[str]) -> list[str]:
 def flop_parts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """FLOPs of ``model(x)`` by part, ``x`` ``[batch, 3, height, width]``.
 
-    Attention modules must be on their explicit path (``fused_attn=False``) for their products to be
-    counted on CPU; :func:`cost_profile` sets it on its copy.
+    Attention modules must be on their explicit path for their products to be counted on CPU
+    (:func:`explicit_attention`); :func:`cost_profile` counts inside it.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(x)
+        forward_of(model)(x)
     counts = {k: {str(op): int(v) for op, v in ops.items()} for k, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
     total_ops = counts.get("Global", {})
@@ -135,10 +137,16 @@ def flop_parts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
             "other": total - attn - linear - conv}
 
 
-def _set_fused(model: nn.Module, fused: bool) -> None:
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = fused
+def explicit_attention(model: nn.Module, kind: str):
+    """A context in which a ViT's attention takes the explicit path that forms its probabilities
+    (its family adapter's switch: timm's ``fused_attn``, transformers' eager attention, weights from
+    ``nn.MultiheadAttention``), restored on exit; nothing for a CNN."""
+    if kind != "vit":
+        return contextlib.nullcontext()
+    from .families import adapter_for
+
+    adapter = adapter_for(model)
+    return adapter.exact_attention(range(len(adapter.attention_blocks())), lambda _layer, _attn: None)
 
 
 def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> tuple[int, str]:
@@ -150,14 +158,14 @@ def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
         with torch.no_grad(), autocast(dev, precision):
-            model(x)
+            forward_of(model)(x)
         torch.cuda.synchronize(dev)
         return int(torch.cuda.max_memory_allocated(dev) - before), "cuda-allocator"
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with torch.no_grad(), autocast(dev, precision):
-            model(x)
+            forward_of(model)(x)
     events = prof.profiler.kineto_results.events()  # allocations (+bytes) and frees (-bytes), all threads
     allocs = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
     running = np.cumsum([b for _, b in allocs]) if allocs else np.zeros(1)
@@ -167,11 +175,12 @@ def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
 def _throughput(model: nn.Module, x: torch.Tensor, precision: str, repeats: int, warmup: int) -> list[float]:
     """Images per second of ``repeats`` timed passes of ``x`` ``[batch, 3, height, width]``."""
     rates, sync = [], (torch.cuda.synchronize if x.device.type == "cuda" else lambda: None)
+    forward = forward_of(model)
     with torch.no_grad(), autocast(x.device, precision):
         for i in range(warmup + repeats):
             sync()
             t0 = time.perf_counter()
-            model(x)
+            forward(x)
             sync()
             if i >= warmup:
                 rates.append(x.shape[0] / max(time.perf_counter() - t0, 1e-9))
@@ -179,10 +188,20 @@ def _throughput(model: nn.Module, x: torch.Tensor, precision: str, repeats: int,
 
 
 def own_px(model: nn.Module) -> int:
-    """The input side a model was built for: its patch embedding's, else its timm config's."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    size = size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (224,)
-    return int(size[-1])
+    """The input side a model was built for: its token layout's for a ViT, else its preprocessing's."""
+    from .families import adapter_for
+
+    try:
+        return int(token_layout(model).input_size[-1])
+    except UnsupportedModelError:
+        pass
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if size:
+        return int(size[-1])
+    try:
+        return int(adapter_for(model).preprocessing().input_size[-1])
+    except (UnsupportedModelError, NotImplementedError):
+        return 224
 
 
 def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
@@ -195,7 +214,7 @@ def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
         if px % stride[0] or px % stride[1]:
             raise VitlensError(f"{name} cannot take {px} px inputs: its patches are {stride[0]:g} px apart, so "
                                "the input side must be a multiple of that; choose another input size.")
-        if tuple(model.patch_embed.img_size) != (px, px) and not hasattr(model, "set_input_size"):
+        if own_px(model) != px and not hasattr(model, "set_input_size"):
             raise UnsupportedModelError(f"{name} ({type(model).__name__}) cannot be resized to {px} px inputs; "
                                         f"measure it at its own size, {own_px(model)} px.")
 
@@ -203,8 +222,8 @@ def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
 def _sized(model: nn.Module, kind: str, px: int, device) -> nn.Module:
     """A deep copy of ``model`` in eval mode on ``device``, a ViT's set to take ``px`` inputs."""
     m = copy.deepcopy(model).to(device).eval()
-    if kind == "vit" and tuple(m.patch_embed.img_size) != (px, px):
-        m.set_input_size(img_size=(px, px))
+    if kind == "vit" and own_px(m) != px:
+        m.set_input_size(img_size=(px, px))  # timm: the position table resampled the library's way
     return m
 
 
@@ -356,25 +375,21 @@ def _measure(m: nn.Module, kind: str, px: int, batch_size: int, precision: str, 
              memory: bool, throughput: bool, gen: torch.Generator):
     """``(quantity, part, value, unit, batch)`` rows of one sized copy ``m``, and the memory method."""
     dev = next(m.parameters()).device
-    shipped = [(a, a.fused_attn) for a in m.modules() if hasattr(a, "fused_attn")]
     x1 = torch.randn(1, 3, px, px, generator=gen).to(dev)         # [1, 3, px, px]
     xb = torch.randn(batch_size, 3, px, px, generator=gen).to(dev)  # [batch, 3, px, px]
     rows = [("parameters", p, v, "count", 1) for p, v in parameter_parts(m).items()]
-    _set_fused(m, False)
-    rows += [("flops", p, v, "FLOP", 1) for p, v in flop_parts(m, x1).items()]
+    with explicit_attention(m, kind):
+        rows += [("flops", p, v, "FLOP", 1) for p, v in flop_parts(m, x1).items()]
     method = "not measured"
     for b, x in ([(1, x1)] + ([(batch_size, xb)] if batch_size > 1 else [])) if memory else []:
         if kind == "vit":
-            _set_fused(m, False)
-            explicit, _ = peak_memory(m, x, precision)
-        _set_fused(m, True)
-        fused, method = peak_memory(m, x, precision)
+            with explicit_attention(m, kind):
+                explicit, _ = peak_memory(m, x, precision)
+        fused, method = peak_memory(m, x, precision)  # attention as the model ships
         rows.append(("peak_memory", method, fused, "bytes", b))
         if kind == "vit":
             rows += [("peak_memory_explicit", method, explicit, "bytes", b),
                      ("attention_map_memory", method, explicit - fused, "bytes", b)]
-    for a, flag in shipped:
-        a.fused_attn = flag
     if throughput:
         rates = _throughput(m, xb, precision, repeats, warmup)
         rows += [("throughput", p, v, "images/s", batch_size)

@@ -79,7 +79,10 @@ def _cost(model, input_px: int) -> dict:
     see :func:`vitlens.cost_profile`)."""
     from ..cost import cost_profile
 
-    frame = cost_profile(model, [int(input_px)], measure_memory=False, measure_throughput=False).to_frame()
+    try:
+        frame = cost_profile(model, [int(input_px)], measure_memory=False, measure_throughput=False).to_frame()
+    except (VitlensError, LookupError) as e:  # counted where it can be; the comparison itself stands
+        return {"input_px": int(input_px), "error": str(e)}
     out = {"input_px": int(input_px)}
     for quantity in ("parameters", "flops"):
         rows = frame[frame.quantity == quantity]
