@@ -31,7 +31,7 @@ def describe_architecture(model: nn.Module) -> str:
     except UnsupportedModelError:
         mods = []
     if mods:
-        heads = sorted({getattr(m, "num_heads", 0) for _, m in mods})
+        heads = sorted({b.num_heads for b in _blocks(model)})
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
         parts = []
         if patch is not None:
@@ -72,7 +72,7 @@ def model_info(name: str, *, checkpoint: str | None = None, input_size=None, dev
     except UnsupportedModelError as e:
         lines.append(f"  attention blocks: none ({e})")
     else:
-        heads = {getattr(m, "num_heads", "?") for _, m in mods}
+        heads = {b.num_heads for b in _blocks(model)}
         kinds = sorted({type(m).__name__ for _, m in mods})
         lines.append(f"  attention blocks: {len(mods)} ({', '.join(kinds)}; heads per block: "
                      f"{', '.join(map(str, sorted(heads, key=str)))}), "
@@ -88,3 +88,10 @@ def _weights(w: str) -> str:
     if w.startswith("zoo:"):
         return f"bundled with vitlens ({w.split(':', 1)[1]}, read offline)"
     return w
+
+
+def _blocks(model: nn.Module):
+    """The model's attention blocks as its family adapter describes them (with their head counts)."""
+    from ..families import adapter_for
+
+    return adapter_for(model).attention_blocks()
