@@ -121,20 +121,32 @@ def flop_parts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     with torch.no_grad(), counter:
         forward_of(model)(x)
     counts = {k: {str(op): int(v) for op, v in ops.items()} for k, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__
     total_ops = counts.get("Global", {})
     total = sum(total_ops.values())
     conv = sum(v for op, v in total_ops.items() if "convolution" in op)
     attn_names = [n for n, _ in attention_modules(model)] if _kind(model) == "vit" else []
-    if attn_names and not any(f"{root}.{n}" in counts for n in attn_names):
-        raise LookupError(f"FlopCounterMode reported no counts under {root}.{attn_names[0]}; the attention "
+    if attn_names and not any(_counted(counts, n) for n in attn_names):
+        raise LookupError(f"FlopCounterMode reported no counts under {attn_names[0]}; the attention "
                           "FLOPs of this torch version cannot be attributed")
-    attn = sum(v for n in attn_names for op, v in counts.get(f"{root}.{n}", {}).items() if op in _ATTENTION_OPS)
-    inblocks = sum(v for b in _blocks(attn_names) for op, v in counts.get(f"{root}.{b}", {}).items()
+    attn = sum(v for n in attn_names for op, v in _counted(counts, n).items() if op in _ATTENTION_OPS)
+    inblocks = sum(v for b in _blocks(attn_names) for op, v in _counted(counts, b).items()
                    if "convolution" not in op)
     linear = inblocks - attn
     return {"total": total, "attention": attn, "transformer_linear": linear, "convolution": conv,
             "other": total - attn - linear - conv}
+
+
+def _counted(counts: dict[str, dict[str, int]], name: str) -> dict[str, int]:
+    """The counts FlopCounterMode keeps for module ``name`` (a qualified name in the model). Its keys
+    start with the class of the first module called, which is a tower of the model when the family's
+    forward calls one (open_clip's ``encode_image``), so the name's leading parts may be absent."""
+    parts = name.split(".")
+    for i in range(max(1, len(parts) - 1)):  # never a bare last part, which many modules share
+        suffix = ".".join(parts[i:])
+        for k, v in counts.items():
+            if k.split(".", 1)[-1] == suffix and "." in k:
+                return v
+    return {}
 
 
 def explicit_attention(model: nn.Module, kind: str):
@@ -146,7 +158,24 @@ def explicit_attention(model: nn.Module, kind: str):
     from .families import adapter_for
 
     adapter = adapter_for(model)
-    return adapter.exact_attention(range(len(adapter.attention_blocks())), lambda _layer, _attn: None)
+    blocks = adapter.attention_blocks()
+    stack = contextlib.ExitStack()
+    if any(isinstance(b.module, nn.MultiheadAttention) for b in blocks):
+        stack.enter_context(_mha_python_path())
+    stack.enter_context(adapter.exact_attention(range(len(blocks)), lambda _layer, _attn: None))
+    return stack
+
+
+@contextlib.contextmanager
+def _mha_python_path():
+    """``nn.MultiheadAttention`` off its native fused kernel (one op FlopCounterMode does not count)
+    and on the Python path whose products it counts, for the body only; torch's setting is restored."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> tuple[int, str]:
