@@ -7,14 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import vitlens
 from vitlens.families import adapter_for
 from vitlens.posembed import cosine_similarity_grid
-
-transformers = pytest.importorskip("transformers")
-torchvision = pytest.importorskip("torchvision")
-open_clip = pytest.importorskip("open_clip")
 
 
 def _hf(kind):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-open_clip = pytest.importorskip("open_clip")
+import open_clip
 
 from vitlens.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 from vitlens.families import adapter_for, load_by_prefix  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from vitlens.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 from vitlens.families import adapter_for, load_by_prefix  # noqa: E402

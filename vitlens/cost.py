@@ -229,7 +229,7 @@ def own_px(model: nn.Module) -> int:
         return int(size[-1])
     try:
         return int(adapter_for(model).preprocessing().input_size[-1])
-    except (UnsupportedModelError, NotImplementedError):
+    except UnsupportedModelError:
         return 224
 
 

@@ -304,17 +304,23 @@ class DistanceAccumulator:
         frac = np.where(inbin > 0, (target[..., 0] - before) / np.maximum(inbin, 1), 0.5)
         return (idx + np.clip(frac, 0, 1)) * self.max_distance / HIST_BINS
 
-    def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
+    def statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, variance, low, high)`` per ``[layer, head]`` from the sums (ddof=1; the 95%
+        range from the histogram, kept inside what was seen and around the mean, since bins are
+        coarse when images agree closely)."""
         self.flush()
-        layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
         n = self.count
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
             var = np.where(n > 1, (self.sumsq - n * mean ** 2) / np.maximum(n - 1, 1), 0.0)
-        low, high = self._quantile(0.025), self._quantile(0.975)
-        # bins are coarse when images agree closely: keep the range inside what was seen, around the mean
-        low = np.minimum(np.maximum(low, self.min), mean)
-        high = np.maximum(np.minimum(high, self.max), mean)
+        low = np.minimum(np.maximum(self._quantile(0.025), self.min), mean)
+        high = np.maximum(np.minimum(self._quantile(0.975), self.max), mean)
+        return mean, var, low, high
+
+    def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
+        layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
+        mean, var, low, high = self.statistics()
+        n = self.count
         return AttentionDistance(distance=mean, std=np.sqrt(np.maximum(var, 0.0)), low=low, high=high,
                                  n_images=int(n.max()) if n.size else 0, n_nonfinite=self.nonfinite.copy(),
                                  units=self.units, prefix_tokens=self.prefix_tokens,

@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from .errors import ModelLoadError
 
-__all__ = ["load_model", "read_state_dict", "zoo_models", "ZooModel", "model_source", "model_name"]
+__all__ = ["load_model", "read_state_dict", "load_checkpoint_into", "zoo_models", "ZooModel", "model_source",
+           "model_name"]
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO_PREFIX = "vitlens/"
@@ -145,7 +146,9 @@ def _mismatch_message(name: str, path: Path, missing, unexpected, shape) -> str:
             "name is the architecture the checkpoint was trained with.")
 
 
-def _load_checkpoint_into(model: nn.Module, name: str, path: Path, sd: dict) -> None:
+def load_checkpoint_into(model: nn.Module, name: str, path: Path, sd: dict) -> None:
+    """Load ``sd`` into ``model`` with every key and shape matching (after timm's own key filter for
+    original-format checkpoints), or raise ModelLoadError listing what does not fit."""
     missing, unexpected, shape = _mismatch(model, sd)
     if missing or unexpected or shape:
         # Original-format checkpoints (OpenAI CLIP, DINOv2, ...) fit after timm's own key filter.
@@ -280,7 +283,7 @@ def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathL
         model = timm.create_model(z.architecture, pretrained=False, **kwargs)
         path = Path(checkpoint) if checkpoint is not None else z.weights_path
         if checkpoint is not None or use_zoo_weights:
-            _load_checkpoint_into(model, name, path, read_state_dict(path))
+            load_checkpoint_into(model, name, path, read_state_dict(path))
         source = {"name": name, "architecture": z.architecture, "tag": None,
                   "weights": ("zoo:" + z.weights) if use_zoo_weights else
                   (f"checkpoint:{path}" if checkpoint is not None else "random")}
@@ -305,7 +308,7 @@ def load_model(name: str, *, pretrained: bool = True, checkpoint: str | os.PathL
             if width is not None:
                 timm_kwargs["num_classes"] = width
         model = timm.create_model(arch, pretrained=False, **timm_kwargs)
-        _load_checkpoint_into(model, arch, path, sd)
+        load_checkpoint_into(model, arch, path, sd)
         return _finish(model, {"name": name, "architecture": arch, "tag": tag or None,
                                "weights": f"checkpoint:{path}"}, device)
 

@@ -159,15 +159,9 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
             np.add.at(self.hist[layer, head], bins[ok[:, head], head], 1)
 
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> WindowedAttentionDistance:
-        self.flush()
         layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
+        mean, var, low, high = self.statistics()
         n = self.count
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, self.sum / np.maximum(n, 1), np.nan)
-            var = np.where(n > 1, (self.sumsq - n * mean ** 2) / np.maximum(n - 1, 1), 0.0)
-        low, high = self._quantile(0.025), self._quantile(0.975)
-        low = np.minimum(np.maximum(low, self.min), mean)
-        high = np.maximum(np.minimum(high, self.max), mean)
         real = np.arange(n.shape[1])[None, :] < self.num_heads[:, None]       # [layer, head]
         std = np.where(real, np.sqrt(np.maximum(var, 0.0)), np.nan)
         uniform = self.layout.uniform(self.units)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import weakref
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .base import AttentionBlock, FamilyAdapter, PositionTable, Preprocessing
 
 __all__ = ["FAMILIES", "PREFIXES", "adapter_for", "forward_of", "register_family", "load_by_prefix",
@@ -121,26 +120,10 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def load_strict(model: nn.Module, name: str, path: str | os.PathLike) -> None:
-    """Load a local state dict into ``model``, every key and shape matching."""
-    from ..models import read_state_dict
-    sd: Mapping[str, torch.Tensor] = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
-        if shape:
-            parts.append(f"{len(shape)} of another shape (first: " + ", ".join(
-                f"{k} is {tuple(sd[k].shape)} in the checkpoint but {tuple(own[k].shape)} in the model"
-                for k in shape[:3]) + ")")
-        raise ModelLoadError(f"checkpoint {Path(path)} does not fit {name}: keys {'; '.join(parts)}. "
-                             "Check that the name is the architecture the checkpoint was trained with.")
-    model.load_state_dict(dict(sd), strict=True)
+    """Load a local state dict into ``model``, every key and shape matching (the loader timm names use)."""
+    from ..models import load_checkpoint_into, read_state_dict
+
+    load_checkpoint_into(model, name, Path(path), read_state_dict(path))
 
 
 def finish_loading(model: nn.Module, source: dict, device) -> nn.Module:

@@ -8,6 +8,7 @@ preprocessing. Analyses, jobs and plots talk to the adapter, never to the librar
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from ..layout import TokenLayout
 
-__all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention"]
+__all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention", "kept_blocks"]
 
 #: ``emit(block_index, attn)`` with ``attn`` ``[batch, head, query, key]`` post-softmax probabilities.
 EmitAttention = Callable[[int, torch.Tensor], None]
@@ -64,7 +65,16 @@ class Preprocessing:
     resize_shortest: bool = True         # resize the shorter side (True) or both sides (False)
 
 
-class FamilyAdapter:
+def kept_blocks(blocks: Sequence[int], num_blocks: int) -> list[int]:
+    """The block indices ``exact_attention`` is asked for, sorted and distinct; ValueError when one is
+    out of range."""
+    keep = sorted({int(i) for i in blocks})
+    if any(not 0 <= i < num_blocks for i in keep):
+        raise ValueError(f"block indices {keep} out of range: the model has {num_blocks} attention blocks")
+    return keep
+
+
+class FamilyAdapter(ABC):
     """One model's answers to vitlens's questions. Subclasses implement one family.
 
     ``handles(model)`` says whether the adapter is for this model; the registry in
@@ -77,19 +87,21 @@ class FamilyAdapter:
         self.model = model
 
     @classmethod
+    @abstractmethod
     def handles(cls, model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether this adapter is for ``model``."""
 
     # -- tokens and attention --------------------------------------------------------------
+    @abstractmethod
     def token_layout(self, input_size: int | Sequence[int] | None = None) -> TokenLayout:
         """The token sequence for inputs of ``input_size`` (default: the model's own)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def attention_blocks(self) -> list[AttentionBlock]:
         """Every attention block in forward order. Raises UnsupportedModelError for a model with
         none (a CNN) or with attention vitlens cannot read exactly."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> AbstractContextManager:
         """A context manager: inside it, every forward pass calls ``emit(i, attn)`` for every
         block index ``i`` in ``blocks`` with that block's exact probabilities before dropout.
@@ -98,26 +110,26 @@ class FamilyAdapter:
         on exit every hook is removed and every flag restored, also when the body raises. The
         model's outputs are unchanged. On exit it raises UnsupportedModelError when a block ran
         without forming its probabilities."""
-        raise NotImplementedError
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
+    @abstractmethod
     def position_table(self, input_size: int | Sequence[int] | None = None, *,
                        interpolation: str = "bicubic", antialias: bool = False) -> PositionTable | None:
         """The learned absolute table (resampled to ``input_size``'s grid the family's way), or
         None when the model has none (relative bias, rotary)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def block_outputs(self) -> list[str]:
         """Qualified names of the modules whose outputs are the blocks (ViT, tokens
         ``[batch, token, channel]``) or stages (CNN, ``[batch, channel, height, width]``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def patch_filters(self) -> torch.Tensor | None:
         """The patch embedding's linear filters ``[dim, 3, p, p]`` when it reads pixels, else None."""
-        raise NotImplementedError
 
+    @abstractmethod
     def preprocessing(self) -> Preprocessing:
-        raise NotImplementedError
+        """The eval preprocessing from the model's own config or processor."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``[batch, 3, height, width]`` pixels and return a tensor (logits or

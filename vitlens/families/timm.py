@@ -21,7 +21,7 @@ from ..errors import UnsupportedModelError
 from ..layout import TokenLayout
 from ..sizes import size_pair
 from . import register_family
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
+from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
 
 __all__ = ["TimmAdapter", "KNOWN_ATTENTION", "attn_drop_capture"]
 
@@ -296,9 +296,7 @@ def attn_drop_capture(all_blocks: Sequence[AttentionBlock], blocks: Sequence[int
     raises); ``emit(i, attn)`` gets block ``i``'s probabilities (``reshape(i, attn)`` first, where
     given). On exit, a block that ran without forming probabilities is an error naming ``what``.
     """
-    keep = sorted({int(i) for i in blocks})
-    if any(not 0 <= i < len(all_blocks) for i in keep):
-        raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+    keep = kept_blocks(blocks, len(all_blocks))
     saved = [(b.module, b.module.fused_attn) for b in all_blocks if hasattr(b.module, "fused_attn")]
     ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
 

@@ -24,7 +24,7 @@ from ..errors import ModelLoadError, UnsupportedModelError
 from ..layout import TokenLayout
 from . import register_family
 from ._mha import capture_mha
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
+from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
 from ..sizes import size_pair
 
 __all__ = ["TorchvisionAdapter", "load"]
@@ -92,9 +92,7 @@ class TorchvisionAdapter(FamilyAdapter):
         """Inside: ``emit(i, attn)`` with ``attn`` ``[batch, head, query, key]`` for each block in
         ``blocks``."""
         all_blocks = self.attention_blocks()
-        keep = sorted({int(i) for i in blocks})
-        if any(not 0 <= i < len(all_blocks) for i in keep):
-            raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+        keep = kept_blocks(blocks, len(all_blocks))
         return capture_mha([(i, all_blocks[i].name, all_blocks[i].module) for i in keep], emit)
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------

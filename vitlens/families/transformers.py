@@ -28,7 +28,7 @@ import torch.nn as nn
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..layout import TokenLayout
 from . import register_family
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
+from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
 from ..sizes import size_pair
 
 __all__ = ["TransformersAdapter", "load", "SUPPORTED_MODEL_TYPES", "DEFAULT_PREPROCESSING", "returned_weights_capture",
@@ -351,9 +351,7 @@ def returned_weights_capture(all_blocks: Sequence[AttentionBlock], blocks: Seque
     attention dropout is refused (its weights are after dropout); a block that ran without returning
     its probabilities is an error on exit.
     """
-    keep = sorted({int(i) for i in blocks})
-    if any(not 0 <= i < len(all_blocks) for i in keep):
-        raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+    keep = kept_blocks(blocks, len(all_blocks))
     saved = [(c, _get_impl(c)) for c in configs]
     ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
 

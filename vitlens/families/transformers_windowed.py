@@ -30,7 +30,7 @@ from ..layout import TokenLayout
 from ..sizes import size_pair
 from ..windows import BlockGeometry, WindowLayout
 from . import register_family
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
+from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
 
 __all__ = ["TransformersWindowedAdapter", "DEFAULT_WINDOWED_PREPROCESSING"]
 
@@ -122,9 +122,7 @@ class TransformersWindowedAdapter(FamilyAdapter):
 
     @contextmanager
     def _dropout_input_capture(self, all_blocks, blocks: Sequence[int], emit: EmitAttention) -> Iterator[None]:
-        keep = sorted({int(i) for i in blocks})
-        if any(not 0 <= i < len(all_blocks) for i in keep):
-            raise ValueError(f"block indices {keep} out of range: the model has {len(all_blocks)} attention blocks")
+        keep = kept_blocks(blocks, len(all_blocks))
         ran, fired, handles = dict.fromkeys(keep, 0), dict.fromkeys(keep, 0), []
 
         def probs_hook(i: int):
