@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -77,6 +76,8 @@ from vitlens.io import versions
 from vitlens.posembed_structure import structure
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "analyses"))
+from train_zoo import augment, lr_at, seed_everything  # noqa: E402  (the zoo's own recipe)
 IMAGE_SIZE = 64
 ARCHITECTURE = "vit_tiny_patch16_224"  # timm builder; every size below is overridden
 DEFAULT_GRIDS = (8, 16)
@@ -127,36 +128,6 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- training
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and quarter turns, per image (every class is invariant to both);
-    the same as ``analyses/train_zoo.py``."""
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    turns = torch.randint(0, 4, (x.shape[0],), generator=g)
-    out = x.clone()
-    for k in (1, 2, 3):
-        idx = (turns == k).nonzero().flatten()
-        if len(idx):
-            out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
-    return out
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to zero (as ``analyses/train_zoo.py``)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * t))
-
 
 class TrainImages:
     """Images ``0 .. n - 1`` of the train split, drawn on demand; kept when they will be drawn again."""
