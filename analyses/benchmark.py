@@ -80,7 +80,6 @@ sys.path.insert(0, str(REPO / "analyses"))   # the process harness
 from harness import CLI_PROCESS, PLAIN_PROCESS, build_model, child_main, run_child, run_process  # noqa: E402
 from reference import erf_per_image, plain_forward, rollout_per_image, sync  # noqa: E402
 
-
 # --------------------------------------------------------------------------- the benchmark
 
 def machine_info(device: str) -> dict:
@@ -152,11 +151,11 @@ def run_benchmark(args) -> dict:
     import numpy as np
     import torch
 
+    from vitlens.analyses.attention.rollout import attention_rollout
+    from vitlens.analyses.attention.streaming import attention_distance
+    from vitlens.analyses.fields.effective import effective_receptive_field
     from vitlens.data.images import ImageSet
     from vitlens.data.shapes import save_images
-    from vitlens.distance import attention_distance
-    from vitlens.receptive_field import effective_receptive_field
-    from vitlens.rollout import attention_rollout
 
     sizes = dict(QUICK if args.quick else FULL)
     rounds = args.repeat if args.repeat is not None else (2 if args.quick else 3)
@@ -322,7 +321,7 @@ def run_benchmark(args) -> dict:
 
         # ---------------------------------------------------------------- 6. a small model, where per-call overhead dominates
         if args.small_model:
-            from vitlens.models import load_model
+            from vitlens.models.loading import load_model
             small = load_model(args.small_model, device=dev)
             xs = torch.cat([xb for xb, _ in ImageSet.for_model(small, folder, num_images=max(nr, ne)).batches(bs)])
             sjobs = {
@@ -356,8 +355,8 @@ def run_benchmark(args) -> dict:
 
         # ---------------------------------------------------------------- 7. CKA: cost and flat memory
         if args.small_model:
-            from vitlens.cka import layer_cka
-            from vitlens.models import load_model
+            from vitlens.analyses.representations.cka import layer_cka
+            from vitlens.models.loading import load_model
             cnn = load_model(CKA_CNN, device=dev)
             vit = load_model(args.small_model, device=dev)
             nk = sizes["cka"]

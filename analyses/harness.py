@@ -36,7 +36,7 @@ def build_model(name: str, device: str, seed: int):
     """The benchmark model: random weights drawn from ``seed`` (the same in every process)."""
     import torch
 
-    from vitlens.models import load_model
+    from vitlens.models.loading import load_model
 
     torch.manual_seed(seed)
     return load_model(name, pretrained=False, device=device)
@@ -66,7 +66,7 @@ _sys.exit(rc)
 PLAIN_PROCESS = _REPORT + """
 import torch
 from vitlens.data.images import ImageSet
-from vitlens.models import load_model
+from vitlens.models.loading import load_model
 report, name, folder, n, bs, device, seed = _sys.argv[1:8]
 torch.manual_seed(int(seed))
 model = load_model(name, pretrained=False, device=device)
@@ -96,7 +96,7 @@ def child_main(task: str, spec_path: str) -> int:
     x = torch.load(spec["images"], weights_only=True)[: spec["n"]]
     report = {"task": task, "n_images": int(x.shape[0])}
     if task == "vitlens-distance":
-        from vitlens.distance import attention_distance
+        from vitlens.analyses.attention.streaming import attention_distance
         sync(device)
         t0 = time.perf_counter()
         res = attention_distance(model, x, batch_size=bs, prefix_tokens="discard")

@@ -16,7 +16,7 @@ training images):
   ``renormalize`` convention) and ``local_head_counts(0.5)`` per layer (a head is local below half
   the distance of uniform attention); lower layers are ``layer < depth // 2`` as in
   ``analyses/make_figures.py``;
-- the position-embedding structure from ``vitlens.posembed_structure`` (distance correlation over
+- the position-embedding structure from ``vitlens.analyses.embeddings.position_structure`` (distance correlation over
   all and over interior patches, border contrast, row/column score).
 
 Nothing favours locality: default timm initialisation, no distance penalty, the zoo's recipe
@@ -70,14 +70,15 @@ import torch
 import torch.nn.functional as F
 
 from vitlens import attention_distance, position_embedding_similarity
+from vitlens.analyses.embeddings.position_structure import structure
 from vitlens.data import shapes
 from vitlens.data.shapes import CLASSES, normalize
-from vitlens.io import versions
-from vitlens.posembed_structure import structure
+from vitlens.runtime.io import versions
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "analyses"))
 from train_zoo import augment, lr_at, seed_everything  # noqa: E402  (the zoo's own recipe)
+
 IMAGE_SIZE = 64
 ARCHITECTURE = "vit_tiny_patch16_224"  # timm builder; every size below is overridden
 DEFAULT_GRIDS = (8, 16)
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "data_seed": args.data_seed, "local_fraction": LOCAL_FRACTION,
             "lower_layers": "layer < depth // 2", "workers": args.workers, "torch_threads": args.threads,
             "nice": os.nice(0), "machine": machine(), "versions": versions(),
-            "position_embedding_structure": "vitlens.posembed_structure.structure",
+            "position_embedding_structure": "vitlens.analyses.embeddings.position_structure.structure",
             "runs": records, "skipped": {}}
     write_results(out, rows, meta)
     print(f"{len(todo)} run(s) to train, {len(records)} on file; writing to {out}", flush=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitlens.io import versions, write_json
 from vitlens.report import run_report
+from vitlens.runtime.io import versions, write_json
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
            "locality.png", "receptive_field.png", "less_data.png", "cka.png", "cost.png"]

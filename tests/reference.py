@@ -50,7 +50,7 @@ def attention_from_inputs(module, x: torch.Tensor, rope=None, shared_rel_pos_bia
 
 def recompute_attention(model, x: torch.Tensor) -> list[torch.Tensor]:
     """Run the model once and recompute every attention module's probabilities from its inputs."""
-    from vitlens.capture import attention_modules
+    from vitlens.capture.attention import attention_modules
 
     out, handles = [], []
 
@@ -170,8 +170,8 @@ def windowed_full_map_literal(attn: torch.Tensor, geometry) -> torch.Tensor:
 def windowed_distance_literal(attn: torch.Tensor, geometry, units: str = "px") -> torch.Tensor:
     """``[batch, head]`` mean attention distance of one windowed block: its full-map matrix
     (:func:`windowed_full_map_literal`) read with the global definition over the un-shifted map."""
-    from vitlens.distance import mean_attention_distance
-    from vitlens.layout import TokenLayout
+    from vitlens.analyses.attention.distance import mean_attention_distance
+    from vitlens.models.tokens import TokenLayout
 
     full = windowed_full_map_literal(attn, geometry)
     layout = TokenLayout(prefix_kinds=(), grid_size=tuple(geometry.grid_size),

@@ -9,9 +9,9 @@ import pkgutil
 import numpy as np
 import pytest
 import torch
+from conftest import batch, build
 
 import vitlens
-from conftest import batch, build
 
 
 def _modules():
@@ -80,8 +80,9 @@ def test_result_arrays_are_read_only():
 
 
 def test_declared_dependencies_are_imported():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     module_of = {"scikit-learn": "sklearn", "pillow": "PIL"}

@@ -10,9 +10,9 @@ import pytest
 import timm
 import torch
 
-from vitlens.baselines import activate_residual_branches, silence_warning, silent_residual_branches
+from vitlens.analyses.fields.effective import effective_receptive_field
 from vitlens.jobs.common import load_models, model_record
-from vitlens.receptive_field import effective_receptive_field
+from vitlens.models.baselines import activate_residual_branches, silence_warning, silent_residual_branches
 
 
 def _images() -> torch.Tensor:

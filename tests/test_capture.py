@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-import vitlens
-from vitlens.capture import attention_modules
 from conftest import FAMILIES, batch, build
 from reference import recompute_attention
+
+import vitlens
+from vitlens.capture.attention import attention_modules
 
 
 def _flags(model):

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from PIL import Image
-
 from cli_runs import run, torchrun
 from conftest import build
+from PIL import Image
 from reference import hsic0_literal, hsic1_literal, linear_gram_literal, minibatch_cka_literal
+
 from vitlens import CKAResult, layer_cka
-from vitlens.cka import CKAAccumulator, gram, hsic1
+from vitlens.analyses.representations.cka import CKAAccumulator, gram, hsic1
 from vitlens.jobs.cka import batch_shard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -232,7 +232,7 @@ def test_two_processes_give_the_one_process_result(tmp_path, images):
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, images, monkeypatch):
     import vitlens.jobs.cka as job
-    from vitlens.resume import StopRequest
+    from vitlens.runtime.resume import StopRequest
 
     class StopAfterTwo(StopRequest):
         checks = 0

@@ -30,7 +30,7 @@ def test_unknown_model_is_one_paragraph(capsys):
 
 
 def test_debug_shows_the_traceback():
-    from vitlens.errors import ModelLoadError
+    from vitlens.runtime.errors import ModelLoadError
     with pytest.raises(ModelLoadError):
         main(["info", "--model", "vit_tiny_patch16_22", "--debug"])
 

@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import batch, build
+
+from vitlens.analyses.attention.streaming import attention_distance
+from vitlens.analyses.fields.effective import effective_receptive_field
+from vitlens.analyses.locality import COLUMNS, METRICS, locality
 from vitlens.cli import main
 from vitlens.data.images import ImageSet
 from vitlens.data.shapes import save_images
-from vitlens.distance import attention_distance
-from vitlens.locality import COLUMNS, METRICS, locality
-from vitlens.models import load_model
-from vitlens.receptive_field import effective_receptive_field
+from vitlens.models.loading import load_model
 
 VIT, VIT10, CNN = "vitlens/vit-tiny-shapes", "vitlens/vit-tiny-shapes-10pct", "vitlens/resnet-tiny-shapes"
 

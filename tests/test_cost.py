@@ -16,8 +16,8 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from vitlens import CostProfile, VitlensError, cost_profile
+from vitlens.analyses.cost import COLUMNS, QUANTITIES, flop_parts, parameter_parts
 from vitlens.cli import main
-from vitlens.cost import COLUMNS, QUANTITIES, flop_parts, parameter_parts
 
 VIT, CNN = "vitlens/vit-tiny-shapes", "vitlens/resnet-tiny-shapes"
 D = 32  # width of the tiny ViT

@@ -8,11 +8,17 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-
 from conftest import batch, build
-from vitlens import (attention_distance, attention_rollout, effective_receptive_field, embedding_filters,
-                     layer_cka, position_embedding_similarity)
-from vitlens.locality import locality
+
+from vitlens import (
+    attention_distance,
+    attention_rollout,
+    effective_receptive_field,
+    embedding_filters,
+    layer_cka,
+    position_embedding_similarity,
+)
+from vitlens.analyses.locality import locality
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def test_results_show_a_figure_and_a_summary(results, key):
 
 
 def test_summary_numbers_are_the_results(results):
-    from vitlens.display import summary_rows
+    from vitlens.runtime.display import summary_rows
 
     d = results["distance"]
     _, rows = summary_rows(d)

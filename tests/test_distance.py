@@ -7,12 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FAMILIES, batch, build
 
 import vitlens
-from vitlens.distance import (DistanceAccumulator, attention_distance, distance_matrix,
-                              mean_attention_distance, stream_distance, uniform_distance)
-from vitlens.layout import TokenLayout
-from conftest import FAMILIES, batch, build
+from vitlens.analyses.attention.distance import (
+    DistanceAccumulator,
+    distance_matrix,
+    mean_attention_distance,
+    uniform_distance,
+)
+from vitlens.analyses.attention.streaming import attention_distance, stream_distance
+from vitlens.models.tokens import TokenLayout
 
 
 def _layout(gh, gw, stride, prefix=("cls",), sx=None):
@@ -188,8 +193,10 @@ def test_distances_held_on_the_device_are_flushed_into_the_sums():
     """On an accelerator update() only queues each layer's [batch, head] distances; every reader
     flushes them first. Queue by hand on the CPU and compare with immediate accumulation."""
     from conftest import batch, build
-    from vitlens.capture import capture_attention
-    from vitlens.distance import mean_attention_distance, new_accumulator
+
+    from vitlens.analyses.attention.distance import mean_attention_distance
+    from vitlens.analyses.attention.streaming import new_accumulator
+    from vitlens.capture.attention import capture_attention
 
     model, x = build("vit"), batch("vit", n=3)
     now, later = new_accumulator(model), new_accumulator(model)

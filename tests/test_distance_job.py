@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import vitlens
+from vitlens.analyses.attention.distance import mean_attention_distance
 from vitlens.cli import main
 from vitlens.data import ImageSet
-from vitlens.distance import mean_attention_distance
 
 TINY = "vit_tiny_patch16_224"
 
@@ -55,7 +55,7 @@ def _direct(model, images):
 
 
 def test_cli_writes_csv_equal_to_direct_computation(tmp_path, image_dir, tiny_ckpt, monkeypatch):
-    import vitlens.models as models
+    import vitlens.models.loading as models
     kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
     orig = models.load_model
     monkeypatch.setattr("vitlens.jobs.common.load_model", lambda n, **k: orig(n, **{**k, **kw}))

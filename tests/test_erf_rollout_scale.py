@@ -11,12 +11,12 @@ import signal
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runs import run, torchrun
 from PIL import Image
 
 import vitlens.jobs.erf as erf_job
-from cli_runs import run, torchrun
 from vitlens.data.shapes import save_images
-from vitlens.resume import partial_path
+from vitlens.runtime.resume import partial_path
 
 N_GOOD = 7  # readable images; one more file is broken
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import vitlens.data.images as images_module
 from vitlens.cli import main
-from vitlens.errors import UnsupportedModelError
+from vitlens.runtime.errors import UnsupportedModelError
 
 CNN = ["--model", "resnet10t", "--random-init"]
 # what each analysis needs and a ResNet lacks

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runs import run, torchrun
 from PIL import Image
 
-from cli_runs import run, torchrun
-from vitlens.resume import partial_path
+from vitlens.runtime.resume import partial_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 import vitlens
-from vitlens.families import adapter_for
-from vitlens.posembed import cosine_similarity_grid
+from vitlens.analyses.embeddings.position import cosine_similarity_grid
+from vitlens.models.families.registry import adapter_for
 
 
 def _hf(kind):
@@ -115,7 +115,7 @@ def test_images_use_the_family_preprocessing(tmp_path):
 
 @pytest.mark.parametrize("kind", ["hf-vit", "hf-deit-distilled", "hf-siglip", "torchvision-vit", "open_clip-vit"])
 def test_cost_counts_every_familys_attention_products(kind, one_thread):
-    from vitlens.cost import cost_profile
+    from vitlens.analyses.cost import cost_profile
 
     model = BUILDERS[kind]()
     layout = vitlens.token_layout(model)

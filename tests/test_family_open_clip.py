@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-import open_clip
-
-from vitlens.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
-from vitlens.families import adapter_for, load_by_prefix  # noqa: E402
-from vitlens.families._mha import recompute_mha  # noqa: E402
-from vitlens.families.open_clip import OPENAI_MEAN, OpenClipAdapter  # noqa: E402
+from vitlens.models.families._mha import recompute_mha  # noqa: E402
+from vitlens.models.families.open_clip import OPENAI_MEAN, OpenClipAdapter  # noqa: E402
+from vitlens.models.families.registry import adapter_for, load_by_prefix  # noqa: E402
+from vitlens.runtime.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 
 TEXT = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
 

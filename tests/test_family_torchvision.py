@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from vitlens.errors import ModelLoadError, UnsupportedModelError
-from vitlens.families import adapter_for, load_by_prefix
-from vitlens.families._mha import recompute_mha
-from vitlens.families.torchvision import CROP_SIZE, IMAGENET_MEAN, RESIZE_SIZE, TorchvisionAdapter
+from vitlens.models.families._mha import recompute_mha
+from vitlens.models.families.registry import adapter_for, load_by_prefix
+from vitlens.models.families.torchvision import CROP_SIZE, IMAGENET_MEAN, RESIZE_SIZE, TorchvisionAdapter
+from vitlens.runtime.errors import ModelLoadError, UnsupportedModelError
 
 
 @pytest.fixture(scope="module")

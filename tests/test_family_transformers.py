@@ -11,13 +11,16 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-
 import transformers
 
-from vitlens.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
-from vitlens.families import adapter_for, load_by_prefix  # noqa: E402
-from vitlens.families.transformers import (  # noqa: E402
-    IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN, TransformersAdapter, _get_impl)
+from vitlens.models.families.registry import adapter_for, load_by_prefix  # noqa: E402
+from vitlens.models.families.transformers import (  # noqa: E402
+    IMAGENET_DEFAULT_MEAN,
+    OPENAI_CLIP_MEAN,
+    TransformersAdapter,
+    _get_impl,
+)
+from vitlens.runtime.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
              image_size=32, patch_size=8)

@@ -9,19 +9,18 @@ import math
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+from reference import windowed_distance_literal
 
 import vitlens
-from reference import windowed_distance_literal
-from vitlens.capture import capture_attention
-from vitlens.distance import mean_attention_distance
-from vitlens.errors import UnsupportedModelError
-from vitlens.families import adapter_for
-from vitlens.layout import TokenLayout
-from vitlens.windows import shift_regions, token_positions
-
-import timm
+from vitlens.analyses.attention.distance import mean_attention_distance
+from vitlens.capture.attention import capture_attention
+from vitlens.models.families.registry import adapter_for
+from vitlens.models.tokens import TokenLayout
+from vitlens.models.windows import shift_regions, token_positions
+from vitlens.runtime.errors import UnsupportedModelError
 
 
 def _softmax(s):
@@ -229,7 +228,7 @@ def test_receptive_field_and_compare_place_blocks_on_relative_depth(case):
     grids = [g.grid_size for g in adapter.window_layout().blocks]
     assert [tuple(s) for s in erf.feature_size] == grids
     assert erf.depth_fraction[0] == 0 and erf.depth_fraction[-1] == 1
-    from vitlens.locality import locality
+    from vitlens.analyses.locality import locality
 
     frame = locality(fields=[erf]).to_frame()
     assert frame["depth_fraction"].between(0, 1).all() and frame["value_px"].notna().all()
@@ -264,7 +263,7 @@ def test_cli_distance_writes_stage_and_block_columns(tmp_path, monkeypatch):
     import pandas as pd
     from PIL import Image
 
-    import vitlens.models as models
+    import vitlens.models.loading as models
     from vitlens.cli import main
 
     rng = np.random.default_rng(0)

@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-
 from cli_runs import run
 from conftest import build
+
 from vitlens import EmbeddingFilters, UnsupportedModelError, embedding_filters
-from vitlens.filters import patch_filters
+from vitlens.analyses.embeddings.filters import patch_filters
 from vitlens.plotting.filters import filters_figure, plot_filters, plot_scree
 
 VIT, VIT10 = "vitlens/vit-tiny-shapes", "vitlens/vit-tiny-shapes-10pct"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import FAMILIES, batch, build
 
 import vitlens
-from vitlens.distance import distance_matrix
-from conftest import FAMILIES, batch, build
+from vitlens.analyses.attention.distance import distance_matrix
 
 EXPECTED = {  # family -> (prefix kinds, grid, stride)
     "vit": (("cls",), (4, 4), (8.0, 8.0)),

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import batch, build
 from PIL import Image
 
 import vitlens
-from vitlens.capture import attention_modules
+from vitlens.analyses.attention.distance import DistanceAccumulator, uniform_distance
+from vitlens.analyses.attention.streaming import new_accumulator, stream_distance
+from vitlens.capture.attention import attention_modules
 from vitlens.data.images import ImageSet
-from vitlens.distance import DistanceAccumulator, new_accumulator, stream_distance, uniform_distance
 from vitlens.jobs.common import load_models
-from vitlens.layout import TokenLayout
-from conftest import batch, build
+from vitlens.models.tokens import TokenLayout
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 

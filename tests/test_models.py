@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import vitlens
-from vitlens.models import read_state_dict
+from vitlens.models.checkpoints import read_state_dict
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -134,7 +134,7 @@ def test_offline_error_is_fast_and_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_hub_probe_reports_unreachable(monkeypatch):
-    from vitlens.models import hub_reachable
+    from vitlens.models.loading import hub_reachable
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert hub_reachable(timeout=1.0) is False
 

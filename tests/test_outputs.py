@@ -18,8 +18,8 @@ from PIL import Image
 
 import vitlens.jobs.common
 from vitlens.cli import main
-from vitlens.errors import OutputError
-from vitlens.io import atomic_path, prepare_out_dir, save_csv, save_figure, save_npz, write_json, write_text
+from vitlens.runtime.errors import OutputError
+from vitlens.runtime.io import atomic_path, prepare_out_dir, save_csv, save_figure, save_npz, write_json, write_text
 
 MODEL = ["--model", "vit_tiny_patch16_224", "--random-init"]
 

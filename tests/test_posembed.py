@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from conftest import FAMILIES, SMALL, build
 from timm.layers import resample_abs_pos_embed
 
-from vitlens.errors import UnsupportedModelError
-from vitlens.layout import token_layout
-from vitlens.posembed import (PositionEmbeddingSimilarity, cosine_similarity_grid,
-                              patch_position_embeddings, position_embedding_similarity,
-                              row_column_excess, row_column_means, similarity_distance_correlation)
+from vitlens.analyses.embeddings.position import (
+    PositionEmbeddingSimilarity,
+    cosine_similarity_grid,
+    patch_position_embeddings,
+    position_embedding_similarity,
+    row_column_excess,
+    row_column_means,
+    similarity_distance_correlation,
+)
+from vitlens.models.layout import token_layout
 from vitlens.plotting.posembed import auto_tile_step, position_embedding_figure
+from vitlens.runtime.errors import UnsupportedModelError
 
 WITH_TABLE = [f for f in FAMILIES if f not in ("beit", "eva_registers")]  # relative bias; RoPE only
 

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from vitlens import posembed_structure as ps
-from vitlens.posembed import PositionEmbeddingSimilarity
+from vitlens.analyses.embeddings import position_structure as ps
+from vitlens.analyses.embeddings.position import PositionEmbeddingSimilarity
 from vitlens.report import sections as sec
 
 G = 8

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from vitlens.capture import capture_attention
+from vitlens.analyses.attention.distance import mean_attention_distance
+from vitlens.analyses.attention.rollout import attention_rollout
+from vitlens.analyses.attention.streaming import attention_distance
+from vitlens.analyses.fields.effective import effective_receptive_field
+from vitlens.capture.attention import capture_attention
 from vitlens.data.shapes import generate, normalize
-from vitlens.distance import attention_distance, mean_attention_distance
-from vitlens.layout import token_layout
-from vitlens.models import load_model
-from vitlens.precision import autocast
-from vitlens.receptive_field import effective_receptive_field
-from vitlens.rollout import attention_rollout
+from vitlens.models.layout import token_layout
+from vitlens.models.loading import load_model
+from vitlens.runtime.precision import autocast
 
 
 @pytest.fixture(scope="module")

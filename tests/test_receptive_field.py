@@ -12,18 +12,21 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from conftest import FAMILIES, batch, build
 from PIL import Image
 
-from conftest import FAMILIES, batch, build
+from vitlens.analyses.fields.effective import (
+    ReceptiveFieldAccumulator,
+    effective_receptive_field,
+    stream_receptive_field,
+)
+from vitlens.analyses.fields.geometry import spread_and_radii
+from vitlens.analyses.fields.theoretical import theoretical_receptive_field
+from vitlens.capture.outputs import default_layers
 from vitlens.cli import main
 from vitlens.data.images import ImageSet
-from vitlens.errors import VitlensError
-from vitlens.layout import token_layout
-from vitlens.field_geometry import spread_and_radii
-from vitlens.block_outputs import default_layers
-from vitlens.receptive_field import (ReceptiveFieldAccumulator, effective_receptive_field,
-                                     stream_receptive_field)
-from vitlens.theoretical_field import theoretical_receptive_field
+from vitlens.models.layout import token_layout
+from vitlens.runtime.errors import VitlensError
 
 GAUSS_MEAN_RADIUS, GAUSS_R50, GAUSS_R90 = 1.2533, 1.1774, 2.1460  # times sigma (Rayleigh distribution)
 
@@ -74,8 +77,8 @@ def linearise(model: nn.Module) -> nn.Module:
     """Same geometry, but linear with positive weights: norms and activations become identities,
     max pooling becomes average pooling, every parameter becomes positive. The input gradient of a
     unit is then positive exactly on its theoretical receptive field."""
-    from torch.nn.modules.batchnorm import _BatchNorm
     from timm.layers import LayerNorm2d
+    from torch.nn.modules.batchnorm import _BatchNorm
 
     for name, m in list(model.named_modules()):
         for cname, c in list(m.named_children()):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import vitlens
 from conftest import batch, build
 from reference import erf_per_image, rollout_per_image, timm_distance
+
+import vitlens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from vitlens.analyses.attention.streaming import attention_distance
 from vitlens.cli import main
-from vitlens.distance import attention_distance
-from vitlens.models import load_model
 from vitlens.data.images import ImageSet
+from vitlens.models.loading import load_model
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
            "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
@@ -86,7 +86,7 @@ def test_report_numbers_are_the_analyses(report):
 
 def test_report_cka_and_cost_are_the_analyses(report):
     """The CKA and cost sections hold the numbers of the analyses run directly on the same files."""
-    from vitlens.cka import layer_cka
+    from vitlens.analyses.representations.cka import layer_cka
     from vitlens.report.similarity_cost import cka_reading
 
     out, _ = report
@@ -111,7 +111,7 @@ def _captured(out):
     """The shipped ViT's exact attention on the explorer's images, patch rows and columns."""
     import torch
 
-    from vitlens.capture import capture_attention
+    from vitlens.capture.attention import capture_attention
     from vitlens.report.explorer import decode_rows
 
     js = (out / "data" / "explorer.js").read_text()

@@ -8,11 +8,11 @@ import dataclasses
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-
 from conftest import batch, build
-from vitlens.distance import attention_distance
-from vitlens.locality import locality
-from vitlens.receptive_field import effective_receptive_field
+
+from vitlens.analyses.attention.streaming import attention_distance
+from vitlens.analyses.fields.effective import effective_receptive_field
+from vitlens.analyses.locality import locality
 from vitlens.report import sections as sec
 
 
@@ -90,10 +90,11 @@ def test_mask_share_bars_are_the_tabled_means():
 
 
 def test_contact_sheet_has_a_colour_bar_and_class_names(tiny):
+    import pandas as pd
+
+    from vitlens.analyses.attention.rollout import attention_rollout
     from vitlens.plotting.rollout import contact_sheet_figure
     from vitlens.report.figures import sheet_labels
-    from vitlens.rollout import attention_rollout
-    import pandas as pd
 
     vit, x, _, _ = tiny
     maps = attention_rollout(vit, x)
@@ -107,9 +108,9 @@ def test_contact_sheet_has_a_colour_bar_and_class_names(tiny):
 
 
 def test_deletion_comes_with_a_random_order_baseline(tiny):
+    from vitlens.analyses.attention.rollout import attention_rollout
+    from vitlens.analyses.attention.scores import deletion_curve, random_order_deletion
     from vitlens.plotting.rollout import plot_deletion
-    from vitlens.rollout import attention_rollout
-    from vitlens.scores import deletion_curve, random_order_deletion
 
     vit, x, _, _ = tiny
     maps = attention_rollout(vit, x)

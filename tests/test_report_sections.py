@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import timm.data
+from conftest import batch, build
 from PIL import Image
 
-from conftest import batch, build
+from vitlens.analyses.attention.streaming import attention_distance
 from vitlens.cli import main
-from vitlens.distance import attention_distance
-from vitlens.report import sections as sec
 from vitlens.data.masks import model_mask as _model_mask
+from vitlens.report import sections as sec
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,8 @@ def test_overwrite_replaces_the_previous_report(tmp_path, capsys):
 
 def test_look_alike_checkpoints_stay_apart(tmp_path):
     from safetensors.torch import save_file
-    from vitlens.models import load_model
+
+    from vitlens.models.loading import load_model
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

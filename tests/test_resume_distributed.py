@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runs import run, torchrun
 from PIL import Image
 
 import vitlens.jobs.distance as job
-from cli_runs import run, torchrun
-from vitlens.resume import StopRequest, partial_path
+from vitlens.runtime.resume import StopRequest, partial_path
 
 MODEL = "test_vit"  # timm's tiny test ViT: 160 px, 10 x 10 patches, 6 blocks of width 64
 

@@ -14,14 +14,24 @@ import numpy as np
 import pytest
 import timm
 import torch
-
-import vitlens
-from vitlens.capture import attention_modules
-from vitlens.rollout import (HEAD_FUSIONS, RolloutMaps, RolloutSettingsError, add_residual, attention_rollout,
-                             discard_lowest, fuse_heads, image_keys, patch_map, rollout)
-from vitlens.scores import mask_share
 from conftest import FAMILIES, batch, build
 from reference import recompute_attention
+
+import vitlens
+from vitlens.analyses.attention.rollout import (
+    HEAD_FUSIONS,
+    RolloutMaps,
+    RolloutSettingsError,
+    add_residual,
+    attention_rollout,
+    discard_lowest,
+    fuse_heads,
+    image_keys,
+    patch_map,
+    rollout,
+)
+from vitlens.analyses.attention.scores import mask_share
+from vitlens.capture.attention import attention_modules
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -177,8 +187,8 @@ def test_batch_size_does_not_change_any_map(fam, method):
 
 @pytest.mark.parametrize("method", ["rollout", "grad-rollout"])
 def test_a_subset_of_images_gives_their_maps_and_takes_them_back_in_order(method):
-    from vitlens.rollout import iter_rollout
-    from vitlens.scores import DeletionCurve, deletion_curve
+    from vitlens.analyses.attention.rollout import iter_rollout
+    from vitlens.analyses.attention.scores import DeletionCurve, deletion_curve
 
     model = sharpen(build("vit"))
     x = batch("vit", n=5)
@@ -485,7 +495,7 @@ def test_rollout_job_writes_maps_overlays_and_record(tmp_path):
     assert frame[0] == "image,step,removed,fraction,confidence,target,order" and len(frame) == 1 + 2 * 3 * 5
     assert set(entry["deletion"]["auc"]) == set(z.files)
     # the random-order baseline: each image's own seeded order, whatever batch it came in
-    from vitlens.scores import random_order_deletion
+    from vitlens.analyses.attention.scores import random_order_deletion
     x = torch.cat([xb for xb, _ in imageset.batches(8)])
     base = random_order_deletion(model, x, target_class=want.target, steps=4, names=want.names,
                                  image_ids=want.indices)

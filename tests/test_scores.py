@@ -8,13 +8,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-import vitlens
-from vitlens.rollout import attention_rollout
-from vitlens.scores import (DeletionCurve, box_mask, deletion_auc, deletion_curve, grid_mask, mask_share,
-                            pointing_hit)
 from conftest import batch, build
 
+import vitlens
+from vitlens.analyses.attention.rollout import attention_rollout
+from vitlens.analyses.attention.scores import (
+    DeletionCurve,
+    box_mask,
+    deletion_auc,
+    deletion_curve,
+    grid_mask,
+    mask_share,
+    pointing_hit,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

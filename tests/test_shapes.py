@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlens.data import find_images
-from vitlens.data import shapes
+from vitlens.data import find_images, shapes
 from vitlens.data.shapes import CLASSES, ShapesDataset, generate, make_shape_image, sample, save_images
 
 

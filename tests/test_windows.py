@@ -8,13 +8,20 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from reference import windowed_distance_literal, windowed_full_map_literal
-from vitlens.distance import mean_attention_distance, uniform_distance
-from vitlens.layout import TokenLayout
-from vitlens.windowed_distance import WindowedDistanceAccumulator
-from vitlens.windows import (BlockGeometry, WindowLayout, counted_pairs, pair_distances, shift_regions,
-                             token_positions, window_uniform_distance, windowed_mean_attention_distance)
+
+from vitlens.analyses.attention.distance import mean_attention_distance, uniform_distance
+from vitlens.analyses.attention.windowed_distance import WindowedDistanceAccumulator, windowed_mean_attention_distance
+from vitlens.models.tokens import TokenLayout
+from vitlens.models.windows import (
+    BlockGeometry,
+    WindowLayout,
+    counted_pairs,
+    pair_distances,
+    shift_regions,
+    token_positions,
+    window_uniform_distance,
+)
 
 
 def geom(grid=(14, 14), window=(7, 7), shift=(0, 0), stride=4.0, pad_first=False, input_size=None):

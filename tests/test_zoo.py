@@ -14,7 +14,7 @@ import vitlens
 from vitlens.cli import main
 from vitlens.data import ImageSet
 from vitlens.data.shapes import CLASSES, data_config, generate, normalize, save_images
-from vitlens.models import ZOO_DIR, zoo_models
+from vitlens.models.loading import ZOO_DIR, zoo_models
 
 SHIPPED = ["vitlens/vit-tiny-shapes", "vitlens/resnet-tiny-shapes", "vitlens/vit-tiny-shapes-10pct"]
 FRESH_SEED = 1  # the cards were measured on seed 0; seed 1 gives other held-out images

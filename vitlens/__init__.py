@@ -8,43 +8,48 @@ effective receptive field of ViTs and CNNs on one axis.
 import importlib
 import typing
 
-__version__ = "0.1.0"
+from .runtime.version import __version__
 
 # Public names, by the module that defines them. They are imported on first use, so that
 # ``import vitlens`` (and ``vitlens --help``) does not load torch and timm until a name needs them.
 _EXPORTS = {
-    "capture": ("AttentionCapture", "attention_modules", "capture_attention"),
-    "cka": ("CKAResult", "layer_cka"),
-    "cost": ("CostProfile", "cost_profile"),
-    "distance": ("AttentionDistance", "attention_distance", "mean_attention_distance"),
-    "errors": ("ImageError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError"),
-    "filters": ("EmbeddingFilters", "embedding_filters"),
-    "layout": ("TokenLayout", "token_layout"),
-    "locality": ("Locality",),
-    "models": ("load_model", "read_state_dict", "zoo_models"),
-    "posembed": ("PositionEmbeddingSimilarity", "position_embedding_similarity"),
-    "receptive_field": ("ReceptiveField", "effective_receptive_field"),
-    "theoretical_field": ("theoretical_receptive_field",),
-    "rollout": ("RolloutMaps", "attention_rollout"),
-    "scores": ("deletion_curve", "mask_share", "pointing_hit"),
+    "capture.attention": ("AttentionCapture", "attention_modules", "capture_attention"),
+    "analyses.representations.cka": ("CKAResult", "layer_cka"),
+    "analyses.cost": ("CostProfile", "cost_profile"),
+    "analyses.attention.distance": ("AttentionDistance", "mean_attention_distance"),
+    "analyses.attention.streaming": ("attention_distance",),
+    "runtime.errors": ("ImageError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError"),
+    "analyses.embeddings.filters": ("EmbeddingFilters", "embedding_filters"),
+    "models.layout": ("TokenLayout", "token_layout"),
+    "analyses.locality": ("Locality",),
+    "models.loading": ("load_model", "zoo_models"),
+    "models.checkpoints": ("read_state_dict",),
+    "analyses.embeddings.position": ("PositionEmbeddingSimilarity", "position_embedding_similarity"),
+    "analyses.fields.effective": ("ReceptiveField", "effective_receptive_field"),
+    "analyses.fields.theoretical": ("theoretical_receptive_field",),
+    "analyses.attention.rollout": ("RolloutMaps", "attention_rollout"),
+    "analyses.attention.scores": ("deletion_curve", "mask_share", "pointing_hit"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
-    from .capture import AttentionCapture, attention_modules, capture_attention
-    from .cka import CKAResult, layer_cka
-    from .cost import CostProfile, cost_profile
-    from .distance import AttentionDistance, attention_distance, mean_attention_distance
-    from .errors import ImageError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
-    from .filters import EmbeddingFilters, embedding_filters
-    from .layout import TokenLayout, token_layout
-    from .locality import Locality
-    from .models import load_model, read_state_dict, zoo_models
-    from .posembed import PositionEmbeddingSimilarity, position_embedding_similarity
-    from .receptive_field import ReceptiveField, effective_receptive_field
-    from .theoretical_field import theoretical_receptive_field
-    from .rollout import RolloutMaps, attention_rollout
-    from .scores import deletion_curve, mask_share, pointing_hit
+    from .analyses.attention.distance import AttentionDistance, mean_attention_distance
+    from .analyses.attention.rollout import RolloutMaps, attention_rollout
+    from .analyses.attention.scores import deletion_curve, mask_share, pointing_hit
+    from .analyses.attention.streaming import attention_distance
+    from .analyses.cost import CostProfile, cost_profile
+    from .analyses.embeddings.filters import EmbeddingFilters, embedding_filters
+    from .analyses.embeddings.position import PositionEmbeddingSimilarity, position_embedding_similarity
+    from .analyses.fields.effective import ReceptiveField, effective_receptive_field
+    from .analyses.fields.theoretical import theoretical_receptive_field
+    from .analyses.locality import Locality
+    from .analyses.representations.cka import CKAResult, layer_cka
+    from .capture.attention import AttentionCapture, attention_modules, capture_attention
+    from .models.checkpoints import read_state_dict
+    from .models.layout import token_layout
+    from .models.loading import load_model, zoo_models
+    from .models.tokens import TokenLayout
+    from .runtime.errors import ImageError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
 
 
 def __getattr__(name: str):

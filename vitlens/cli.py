@@ -14,7 +14,7 @@ import textwrap
 import warnings
 from typing import Sequence
 
-from .errors import VitlensError
+from .runtime.errors import VitlensError
 
 __all__ = ["main", "build_parser", "COMMAND_HELP"]
 
@@ -76,13 +76,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
-    from .models import zoo_models
+    from .models.loading import zoo_models
     zoo = zoo_models()
     if not zoo:
         print("no shipped models in this installation")
         return 0
     from .jobs.info import describe_architecture
-    from .models import load_model
+    from .models.loading import load_model
 
     width = max(len(n) for n in zoo)
     for name, z in zoo.items():
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, accepted: set[str]) -> int:
-    from .io import figure_formats
+    from .runtime.io import figure_formats
 
     try:
         _check_values(args, accepted)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..runtime.errors import ImageError
 
 __all__ = ["find_images", "open_rgb", "model_transform", "ImageSet", "Skipped", "IMAGE_EXTENSIONS"]
 
@@ -185,8 +185,8 @@ def model_transform(model: nn.Module, input_size: int | Sequence[int] | None = N
     """
     import timm.data
 
-    from ..families import adapter_for
-    from ..sizes import size_pair
+    from ..models.families.registry import adapter_for
+    from ..runtime.sizes import size_pair
 
     adapter = adapter_for(model)
     if hasattr(adapter, "data_config"):

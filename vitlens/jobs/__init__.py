@@ -13,9 +13,13 @@ import importlib
 JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka"]
 
 
+#: Commands whose module lives outside this package (the report sits on top of the jobs it runs).
+ELSEWHERE = {"report": "vitlens.report.command"}
+
+
 def register_function(command: str):
     """The ``register(subparsers, common)`` of the job behind ``command``."""
-    return importlib.import_module(f".{command}", __name__).register
+    return importlib.import_module(ELSEWHERE.get(command, f"{__name__}.{command}")).register
 
 
 def __getattr__(name: str):

@@ -22,12 +22,19 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cka import MIN_BATCH, REPRESENTATIONS, CKAAccumulator, CKAResult, FeatureReader, stream_cka
-from ..distributed import context
-from ..errors import VitlensError
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npy
-from ..precision import PRECISIONS
-from ..resume import StopRequest, clear_partial
+from ..analyses.representations.cka import (
+    MIN_BATCH,
+    REPRESENTATIONS,
+    CKAAccumulator,
+    CKAResult,
+    FeatureReader,
+    stream_cka,
+)
+from ..runtime.distributed import context
+from ..runtime.errors import VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npy
+from ..runtime.precision import PRECISIONS
+from ..runtime.resume import StopRequest, clear_partial
 from .common import args_record, distinct_names, images_for, load_models, model_record
 from .sharded import open_partial, sharded_pass
 
@@ -67,7 +74,7 @@ def run_cka(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
     again), over the same image files; writes the files listed in the module docstring.
 
     On SIGINT/SIGTERM the HSIC sums are saved between minibatches and
-    :class:`~vitlens.resume.Interrupted` is raised; ``resume=True`` continues from them.
+    :class:`~vitlens.runtime.resume.Interrupted` is raised; ``resume=True`` continues from them.
     """
     import matplotlib.pyplot as plt
 

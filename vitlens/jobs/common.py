@@ -11,9 +11,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..data.images import ImageSet
-from ..layout import token_layout
-from ..models import load_model, model_source
-from ..errors import UnsupportedModelError, VitlensError
+from ..models.layout import token_layout
+from ..models.loading import load_model, model_source
+from ..runtime.errors import UnsupportedModelError, VitlensError
 
 __all__ = ["model_specs", "load_models", "images_for", "progress", "model_record", "display_name", "args_record",
            "distinct_names"]
@@ -37,14 +37,14 @@ def load_models(specs: Sequence[tuple[str, str | None]], *, random_init: bool = 
     """Load every ``(name, checkpoint)`` pair; random weights when ``random_init``, drawn from
     ``seed`` so that a random baseline is the same from run to run.
 
-    A random model gets active residual branches (:func:`vitlens.baselines.activate_residual_branches`:
+    A random model gets active residual branches (:func:`vitlens.models.baselines.activate_residual_branches`:
     timm's zero-initialised last BatchNorm scales and small layer scales set to 1, every other
     initialiser kept); what was done is recorded as ``model.vitlens_initialisation`` and in
     :func:`model_record`. A loaded model whose residual branches are silent gets a warning.
     """
     import warnings
 
-    from ..baselines import activate_residual_branches, silence_warning, silent_residual_branches
+    from ..models.baselines import activate_residual_branches, silence_warning, silent_residual_branches
 
     models = []
     for name, ckpt in specs:

@@ -8,18 +8,16 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from ..precision import PRECISIONS
-from ..capture import attention_modules
-from ..distance import attention_distance
-from ..errors import UnsupportedModelError, VitlensError
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
-from ..layout import token_layout
-from ..locality import Locality, locality
-from ..layout import is_vit
-from ..block_outputs import default_layers
-from ..receptive_field import effective_receptive_field
-from .common import (args_record, display_name, distinct_names, images_for, load_models,
-                     model_record)
+from ..analyses.attention.streaming import attention_distance
+from ..analyses.fields.effective import effective_receptive_field
+from ..analyses.locality import Locality, locality
+from ..capture.attention import attention_modules
+from ..capture.outputs import default_layers
+from ..models.layout import is_vit, token_layout
+from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..runtime.precision import PRECISIONS
+from .common import args_record, display_name, distinct_names, images_for, load_models, model_record
 
 __all__ = ["run_compare", "measure_locality", "register", "add_model_arguments", "model_pairs", "check_vit",
            "check_cnn", "PRODUCTS"]
@@ -31,7 +29,7 @@ Spec = tuple[str, "str | None"]
 
 def check_vit(model: nn.Module, flag: str = "--vit") -> None:
     """Refuse a model whose attention distance vitlens cannot measure (windowed models pass)."""
-    from ..families import adapter_for
+    from ..models.families.registry import adapter_for
 
     try:
         if not hasattr(adapter_for(model), "window_layout"):
@@ -77,7 +75,7 @@ def measure_locality(vits: Sequence[nn.Module], cnns: Sequence[nn.Module], args:
 def _cost(model, input_px: int) -> dict:
     """Parameters by part and FLOPs of one forward pass by part at the size compared (exact counts;
     see :func:`vitlens.cost_profile`)."""
-    from ..cost import cost_profile
+    from ..analyses.cost import cost_profile
 
     try:
         frame = cost_profile(model, [int(input_px)], measure_memory=False, measure_throughput=False).to_frame()

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..cost import CostProfile, own_px, cost_profile
-from ..errors import UnsupportedModelError, VitlensError
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
-from ..layout import is_vit, token_layout
-from ..precision import PRECISIONS
+from ..analyses.cost import CostProfile, cost_profile, own_px
+from ..models.layout import is_vit, token_layout
+from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..runtime.precision import PRECISIONS
 from .common import args_record, display_name, distinct_names, load_models, model_record
 from .compare import Spec, add_model_arguments, check_vit, model_pairs
 

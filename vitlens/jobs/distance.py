@@ -10,13 +10,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..precision import PRECISIONS
-from ..capture import attention_modules
-from ..distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance, new_accumulator, stream_distance
-from ..distributed import context
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
-from ..layout import token_layout
-from ..resume import StopRequest, clear_partial
+from ..analyses.attention.distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance
+from ..analyses.attention.streaming import new_accumulator, stream_distance
+from ..capture.attention import attention_modules
+from ..models.layout import token_layout
+from ..runtime.distributed import context
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..runtime.precision import PRECISIONS
+from ..runtime.resume import StopRequest, clear_partial
 from .common import args_record, display_name, images_for, load_models, model_record
 from .sharded import open_partial, sharded_pass
 
@@ -35,7 +36,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     ``attention_distance.csv``, ``.png``, ``.svg`` and ``run.json`` into ``out``.
 
     Under ``torchrun`` each process reads a shard of the images and rank 0 writes the files. On
-    SIGINT/SIGTERM the partial sums are saved and :class:`~vitlens.resume.Interrupted` is raised;
+    SIGINT/SIGTERM the partial sums are saved and :class:`~vitlens.runtime.resume.Interrupted` is raised;
     ``resume=True`` continues from them.
     """
     import matplotlib.pyplot as plt
@@ -100,7 +101,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
 def _check_layout(model) -> None:
     """A windowed model (Swin, Swin-V2, SAM) is read through its window layout, any other ViT
     through its token layout; either raises UnsupportedModelError when there is none."""
-    from ..families import adapter_for
+    from ..models.families.registry import adapter_for
 
     adapter = adapter_for(model)
     if hasattr(adapter, "window_layout"):

@@ -9,16 +9,22 @@ from typing import Sequence
 import pandas as pd
 import torch.nn as nn
 
+from ..analyses.fields.effective import (
+    INPUT_GRADIENTS,
+    OBJECTIVES,
+    UNIT_POSITIONS,
+    ReceptiveField,
+    ReceptiveFieldAccumulator,
+    stream_receptive_field,
+)
 from ..data.images import model_transform
-from ..distributed import context
-from ..errors import UnsupportedModelError, VitlensError
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure
-from ..layout import token_layout
-from ..precision import PRECISIONS
-from ..receptive_field import (INPUT_GRADIENTS, OBJECTIVES, UNIT_POSITIONS, ReceptiveField,
-                               ReceptiveFieldAccumulator, stream_receptive_field)
-from ..resume import StopRequest, clear_partial
-from ..sizes import input_size_arg
+from ..models.layout import token_layout
+from ..runtime.distributed import context
+from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..runtime.precision import PRECISIONS
+from ..runtime.resume import StopRequest, clear_partial
+from ..runtime.sizes import input_size_arg
 from .common import args_record, display_name, images_for, load_models, model_record
 from .sharded import open_partial, sharded_pass
 
@@ -56,7 +62,7 @@ def run_erf(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
     Under ``torchrun`` each process reads a shard of the images, the gradient-map sums
     ``[layer, height, width]`` and per-image spread sums are added over processes, and rank 0
     writes the files. On SIGINT/SIGTERM the sums are saved between batches and
-    :class:`~vitlens.resume.Interrupted` is raised; ``resume=True`` continues from them.
+    :class:`~vitlens.runtime.resume.Interrupted` is raised; ``resume=True`` continues from them.
     """
     import matplotlib.pyplot as plt
 

@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import VitlensError
-from ..filters import EmbeddingFilters, embedding_filters
-from ..io import RunRecord, prepare_out_dir, save_figure, save_npz
+from ..analyses.embeddings.filters import EmbeddingFilters, embedding_filters
+from ..runtime.errors import VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_figure, save_npz
 from .common import args_record, distinct_names, load_models, model_record
 
 __all__ = ["run_filters", "register", "PRODUCTS"]

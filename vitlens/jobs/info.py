@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..capture import attention_modules
-from ..errors import UnsupportedModelError
-from ..layout import token_layout
-from ..models import load_model, zoo_models
+from ..capture.attention import attention_modules
+from ..models.layout import token_layout
+from ..models.loading import load_model, zoo_models
+from ..runtime.errors import UnsupportedModelError
 
 __all__ = ["model_info", "describe_architecture"]
 
@@ -92,6 +92,6 @@ def _weights(w: str) -> str:
 
 def _blocks(model: nn.Module):
     """The model's attention blocks as its family adapter describes them (with their head counts)."""
-    from ..families import adapter_for
+    from ..models.families.registry import adapter_for
 
     return adapter_for(model).attention_blocks()

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..io import RunRecord, prepare_out_dir, save_figure, save_npy, write_json
-from ..posembed import PositionEmbeddingSimilarity, position_embedding_similarity
-from ..sizes import input_size_arg
-from ..slugs import model_slugs
+from ..analyses.embeddings.position import PositionEmbeddingSimilarity, position_embedding_similarity
+from ..runtime.io import RunRecord, prepare_out_dir, save_figure, save_npy, write_json
+from ..runtime.sizes import input_size_arg
+from ..runtime.slugs import model_slugs
 from .common import args_record, display_name, load_models, model_record
 
 __all__ = ["run_posembed", "register", "similarity_file_names"]
@@ -88,10 +88,10 @@ def run_posembed(specs: Sequence[tuple[str, str | None]], out, *, random_init: b
         One result per model, in order.
     """
     if not specs:
-        from ..errors import VitlensError
+        from ..runtime.errors import VitlensError
         raise VitlensError("no model given: pass --model NAME.")
     if tile_step is not None and tile_step < 1:
-        from ..errors import VitlensError
+        from ..runtime.errors import VitlensError
         raise VitlensError(f"--tile-step must be 1 or more, got {tile_step}.")
     size = input_size_arg(input_size)
     npy_names = similarity_file_names(specs)

@@ -24,17 +24,25 @@ from typing import Sequence
 
 import numpy as np
 
-from ..capture import attention_modules
+from ..analyses.attention.rollout import (
+    HEAD_FUSIONS,
+    METHODS,
+    READOUTS,
+    RolloutMaps,
+    RolloutSettingsError,
+    check_settings,
+    image_keys,
+    iter_rollout,
+)
+from ..analyses.attention.scores import FILLS, DeletionCurve, deletion_curve, random_order_deletion
+from ..capture.attention import attention_modules
 from ..data.images import ImageSet, model_transform
-from ..distributed import PeerStopped, context
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
-from ..precision import PRECISIONS
-from ..resume import Interrupted, StopRequest
-from ..rollout import (HEAD_FUSIONS, METHODS, READOUTS, RolloutMaps, RolloutSettingsError, check_settings,
-                       image_keys, iter_rollout)
-from ..scores import FILLS, DeletionCurve, deletion_curve, random_order_deletion
-from ..sizes import input_size_arg
-from ..slugs import model_slugs
+from ..runtime.distributed import PeerStopped, context
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
+from ..runtime.precision import PRECISIONS
+from ..runtime.resume import Interrupted, StopRequest
+from ..runtime.sizes import input_size_arg
+from ..runtime.slugs import model_slugs
 from .common import args_record, display_name, load_models, model_record, progress
 
 __all__ = ["run_rollout", "register", "overlay_names"]
@@ -78,7 +86,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         images: image files or folders.
         out: output folder; checked before anything is computed.
         deletion_steps: when > 0, also a deletion curve per image in that many steps.
-        deletion_fill: what replaces removed patches (see :func:`vitlens.scores.deletion_curve`).
+        deletion_fill: what replaces removed patches (see :func:`vitlens.analyses.attention.scores.deletion_curve`).
         sheet_max: at most this many overlays on the contact sheet (every image gets its own PNG).
         input_size: resize images to this model input (one value or height, width) instead of the
             model's own data config; the model must accept it (``dynamic_img_size=True``, or a model
@@ -86,7 +94,7 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         model_kwargs: passed to ``timm.create_model`` (for example ``dynamic_img_size=True``).
         args: the command's arguments, for the record.
         seed: seed of ``sample`` and of random weights (``random_init``).
-        The other arguments are those of :func:`vitlens.rollout.attention_rollout` and of the
+        The other arguments are those of :func:`vitlens.analyses.attention.rollout.attention_rollout` and of the
         command line's image options.
 
     Under ``torchrun`` each process takes a shard of the images; rank 0 writes the files that
@@ -96,7 +104,6 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
         The run record (also written to ``out/run.json``).
     """
     import matplotlib.pyplot as plt
-
     import pandas as pd
 
     from ..plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay, to_display

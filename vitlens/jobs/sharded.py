@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..data.images import ImageSet, Skipped
-from ..distributed import PeerStopped
-from ..errors import VitlensError
-from ..resume import Interrupted, load_partial, partial_path, save_partial
+from ..runtime.distributed import PeerStopped
+from ..runtime.errors import VitlensError
+from ..runtime.resume import Interrupted, load_partial, partial_path, save_partial
 from .common import progress as progress_bar
 
 __all__ = ["Partial", "open_partial", "sharded_pass"]
@@ -56,9 +56,9 @@ def sharded_pass(ctx, stop, partial: Partial, mi: int, acc, imgs: ImageSet,
     """Run model ``mi``'s images through ``stream(indices)`` (which feeds ``acc`` and yields each
     batch's indices) and leave the totals over all processes in ``acc`` and ``imgs.skipped``.
 
-    Batches run in lock step with the other processes (:meth:`~vitlens.distributed.Context.lockstep`):
+    Batches run in lock step with the other processes (:meth:`~vitlens.runtime.distributed.Context.lockstep`):
     when one of them raises, every process stops after its batch at hand and the error is raised
-    (:class:`~vitlens.distributed.PeerFailed` on the others, naming it); when one is signalled,
+    (:class:`~vitlens.runtime.distributed.PeerFailed` on the others, naming it); when one is signalled,
     every process saves its partial state.
 
     Raises:

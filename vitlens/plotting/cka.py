@@ -26,7 +26,7 @@ def plot_cka(result, ax=None, *, colorbar: bool = True, cbar_ax=None, title: boo
     """Seaborn heatmap of ``result.cka`` ``[layer_a, layer_b]`` on a fixed 0..1 colour scale.
 
     Args:
-        result: a :class:`~vitlens.cka.CKAResult`.
+        result: a :class:`~vitlens.analyses.representations.cka.CKAResult`.
         colorbar: draw a colour bar (into ``cbar_ax`` when given).
         title: name the models, the representation, the images and the minibatch size.
         annotate: write each value in its cell (default: when both axes have at most 8 layers).

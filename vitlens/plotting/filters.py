@@ -44,7 +44,7 @@ def plot_filters(result, ax=None, *, max_components: int = 28, cols: int = 7, sc
     """The first ``max_components`` principal components as RGB tiles, PC1 at the top left, in rows.
 
     Args:
-        result: an :class:`~vitlens.filters.EmbeddingFilters`.
+        result: an :class:`~vitlens.analyses.embeddings.filters.EmbeddingFilters`.
         max_components: components to draw (the paper shows 28).
         cols: tiles per row.
         scale: ``m`` of the shared normalisation (default: :func:`shared_scale` of this result).

@@ -19,7 +19,7 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     uniform attention over the whole input (grey, dotted), where a head that looks everywhere sits.
 
     Args:
-        result: a :class:`~vitlens.locality.Locality`.
+        result: a :class:`~vitlens.analyses.locality.Locality`.
 
     Returns:
         The axes.

@@ -63,7 +63,7 @@ def position_embedding_figure(results, *, tile_step: int | None = None, axes=Non
                               cmap: str = "viridis", vmin: float = -1.0, vmax: float = 1.0,
                               show_summary: bool = True, colorbar: bool = True,
                               panel_size: float = 5.0):
-    """Tile figure of one or several :class:`~vitlens.posembed.PositionEmbeddingSimilarity` results.
+    """Tile figure of one or several :class:`~vitlens.analyses.embeddings.position.PositionEmbeddingSimilarity` results.
 
     Args:
         results: one result or a sequence, drawn side by side.

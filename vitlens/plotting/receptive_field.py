@@ -23,7 +23,7 @@ def plot_spread(results: Sequence, ax=None, *, x: str = "auto", band: bool = Tru
     """x = depth, y = ERF spread in pixels (line), with the r50 to r90 radii as a band.
 
     Args:
-        results: one :class:`~vitlens.receptive_field.ReceptiveField` per model; they share the axes.
+        results: one :class:`~vitlens.analyses.fields.effective.ReceptiveField` per model; they share the axes.
         x: ``"depth"`` (layer index, labelled with module names for one model), ``"depth_fraction"``
             (0 = first layer, 1 = last; lines up models of different depths), or ``"auto"``: depth for
             one model, depth fraction for several.

@@ -78,7 +78,7 @@ def contact_sheet_figure(result, images: Sequence[np.ndarray] | None = None, *, 
                        ncols: int | None = None, tile: float = 1.9, alpha: float = 0.8, cmap: str = "inferno",
                        interpolation: str = "bilinear", scale: str = "minmax", title: str | None = None,
                        labels: Sequence[str] | None = None, colorbar: bool = True):
-    """All overlays of a :class:`~vitlens.rollout.RolloutMaps` on one figure.
+    """All overlays of a :class:`~vitlens.analyses.attention.rollout.RolloutMaps` on one figure.
 
     Args:
         result: the maps.
@@ -132,7 +132,7 @@ def contact_sheet_figure(result, images: Sequence[np.ndarray] | None = None, *, 
 def plot_deletion(curve, ax=None, max_lines: int = 50, baseline=None):
     """Confidence against the fraction of patches removed: thin lines per image (up to
     ``max_lines``), the mean in bold with its area under the curve, and, with ``baseline`` (a
-    :func:`~vitlens.scores.random_order_deletion` curve), the mean of removing patches in a random
+    :func:`~vitlens.analyses.attention.scores.random_order_deletion` curve), the mean of removing patches in a random
     order, dashed grey. Returns the axes."""
     ax = new_axes(ax, figsize=(4.5, 3.4))
     x = curve.fractions

@@ -25,21 +25,21 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from ..analyses.attention.streaming import attention_distance
+from ..analyses.fields.effective import effective_receptive_field
+from ..analyses.locality import locality
 from ..data.images import ImageSet
-from ..distance import attention_distance
-from ..errors import UnsupportedModelError, VitlensError
-from ..io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz, versions, write_json, write_text
-from ..locality import locality
-from ..models import ZOO_DIR, zoo_models
-from ..receptive_field import effective_receptive_field
-from .figures import sheet_labels
-from .page import render_page
-from .similarity_cost import cka_section, cost_section
-from . import sections as sec
-from ..slugs import slug
 from ..data.masks import model_mask, read_mask
 from ..jobs.common import display_name, distinct_names, images_for, load_models, model_record, progress
 from ..jobs.compare import check_cnn, check_vit
+from ..models.loading import ZOO_DIR, zoo_models
+from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz, versions, write_json, write_text
+from ..runtime.slugs import slug
+from . import sections as sec
+from .figures import sheet_labels
+from .page import render_page
+from .similarity_cost import cka_section, cost_section
 
 __all__ = ["run_report", "DEFAULT_VITS", "DEFAULT_CNNS", "HELD_OUT_START", "LOCAL_FRACTION", "ERF_IMAGES", "PRODUCTS"]
 
@@ -76,10 +76,10 @@ def _rollout(model: nn.Module, imgs: ImageSet, batch_size: int, workers: int, ma
     ``(scores frame, RolloutMaps, display images for the sheet, why masks were not scored or "")``."""
     import timm.data
 
+    from ..analyses.attention.rollout import RolloutMaps, image_keys, iter_rollout
+    from ..analyses.attention.scores import grid_mask, mask_share, pointing_hit
     from ..data.shapes import label_of
     from ..plotting.rollout import to_display
-    from ..rollout import RolloutMaps, image_keys, iter_rollout
-    from ..scores import grid_mask, mask_share, pointing_hit
 
     name = display_name(model)
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -198,12 +198,12 @@ def _run(out: Path, vit_models, cnn_models, bar, *, default, images, masks, num_
          device, precision, workers, seed, local_fraction, show_progress, command) -> Path:
     import matplotlib.pyplot as plt
 
+    from ..analyses.embeddings.position import position_embedding_similarity
     from ..plotting.distance import distance_figure
     from ..plotting.posembed import position_embedding_figure
     from ..plotting.receptive_field import receptive_field_figure
-    from .figures import plot_local_heads, plot_mask_scores, plot_sweep_runs
     from ..plotting.rollout import contact_sheet_figure
-    from ..posembed import position_embedding_similarity
+    from .figures import plot_local_heads, plot_mask_scores, plot_sweep_runs
 
     start = time.time()
     models = list(vit_models) + list(cnn_models)

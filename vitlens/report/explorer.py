@@ -69,8 +69,8 @@ def explorer_data(model: nn.Module, images: torch.Tensor, shown: Sequence[np.nda
         distance_images: how many images ``head_distance`` averages.
         model_name: shown in the viewer.
     """
-    from ..capture import capture_attention
-    from ..layout import token_layout
+    from ..capture.attention import capture_attention
+    from ..models.layout import token_layout
 
     layout = token_layout(model, tuple(images.shape[-2:]))
     cols = layout.patch_slice
@@ -95,7 +95,7 @@ def explorer_data(model: nn.Module, images: torch.Tensor, shown: Sequence[np.nda
 
 def write_explorer_data(out: Path, data: dict) -> Path:
     """Write ``data`` as ``out/data/explorer.js`` (a script the page loads from disk); returns its path."""
-    from ..io import write_text
+    from ..runtime.io import write_text
 
     return write_text(Path(out) / EXPLORER_JS, "window.VITLENS_EXPLORER = " + json.dumps(data) + ";\n")
 

@@ -12,7 +12,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..slugs import slug
+from ..runtime.slugs import slug
 
 __all__ = ["Figure", "Section", "render_page"]
 

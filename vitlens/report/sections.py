@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..distance import AttentionDistance
+from ..analyses.attention.distance import AttentionDistance
 from .page import Figure, Section
 
 __all__ = ["distance_section", "posembed_section", "rollout_section", "locality_section", "data_section",

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import save_csv, save_figure, write_json
+from ..runtime.io import save_csv, save_figure, write_json
 from .page import Figure, Section
 
 __all__ = ["cka_section", "cka_reading", "cost_section", "COST_SCALES"]
@@ -48,10 +48,8 @@ def cka_section(vit, cnn, images, out: Path, *, batch_size: int, precision: str,
     the same files), saved under ``out/data`` and ``out/figures``."""
     import matplotlib.pyplot as plt
 
-    from ..cka import layer_cka
+    from ..analyses.representations.cka import MIN_BATCH, layer_cka
     from ..plotting.cka import cka_figure
-
-    from ..cka import MIN_BATCH
 
     if len(images[0]) < MIN_BATCH or batch_size < MIN_BATCH:
         return Section("Representation similarity (CKA)", anchor="cka", reading=[
@@ -88,8 +86,8 @@ def cost_section(models: Sequence, names: Sequence[str], out: Path, *, batch_siz
     ``scales`` times it, saved under ``out/data`` and ``out/figures``."""
     import matplotlib.pyplot as plt
 
-    from ..cost import cost_profile
-    from ..layout import token_layout
+    from ..analyses.cost import cost_profile
+    from ..models.layout import token_layout
     from ..plotting.cost import cost_figure
 
     own = [int(token_layout(m).input_size[0]) if _has_layout(m) else None for m in models]
@@ -114,5 +112,5 @@ def cost_section(models: Sequence, names: Sequence[str], out: Path, *, batch_siz
 
 
 def _has_layout(model) -> bool:
-    from ..layout import is_vit
+    from ..models.layout import is_vit
     return is_vit(model)

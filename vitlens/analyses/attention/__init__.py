@@ -1,0 +1,2 @@
+"""Analyses of attention maps: mean attention distance (global and windowed), rollout and its scores.
+"""

@@ -1,0 +1,2 @@
+"""Analyses of learned embeddings: position-embedding similarity and structure, patch-embedding filters.
+"""

@@ -1,0 +1,2 @@
+"""Receptive fields: the effective (input-gradient) field, the theoretical field and their geometry.
+"""

@@ -1,0 +1,2 @@
+"""How layers' representations relate: CKA within and between models.
+"""

@@ -1,0 +1,124 @@
+"""capture_outputs(): the outputs of named modules during one forward pass, through hooks.
+
+The receptive field and CKA read block (ViT) or stage (CNN) outputs. The context registers forward
+hooks on entry and removes them on exit, also when the body raises; ``run(x)`` runs the model and,
+with ``stop_early``, stops the forward pass once the last named module has run.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..runtime.errors import UnsupportedModelError
+
+__all__ = ["OutputCapture", "capture_outputs"]
+
+
+class _Stop(Exception):
+    """Raised from the last hook: the rest of the forward pass is not needed."""
+
+
+class OutputCapture:
+    """Forward hooks on ``layers`` that keep each module's output while the context is open.
+
+    Attributes:
+        outputs: module name -> output of the last ``run`` (``[batch, ...]``; the first element
+            of a tuple output; NHWC feature maps permuted to NCHW when ``channels_last``).
+        order: the names in the order their modules ran.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, channels_last: bool = False,
+                 stop_early: bool = True, forward=None):
+        mods = dict(model.named_modules())
+        unknown = [l for l in layers if l not in mods]
+        if unknown:
+            raise UnsupportedModelError(f"{type(model).__name__} has no module named {', '.join(unknown)}.")
+        self.model, self.layers = model, list(layers)
+        self.channels_last, self.stop_early = channels_last, stop_early
+        self._forward = forward or model
+        self._mods = mods
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []
+        self._handles: list = []
+
+    def __enter__(self) -> "OutputCapture":
+        try:
+            for name in self.layers:
+                self._handles.append(self._mods[name].register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if name in self.outputs:
+                raise UnsupportedModelError(f"module {name} runs more than once per forward pass, so its "
+                                            "output is not one layer; measure another module.")
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise UnsupportedModelError(f"module {name} returns {type(output).__name__}, not a tensor.")
+            if self.channels_last and output.ndim == 4:
+                output = output.permute(0, 3, 1, 2)
+            self.outputs[name] = output
+            self.order.append(name)
+            if self.stop_early and len(self.outputs) == len(self.layers):
+                raise _Stop
+        return hook
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass of ``x``; returns the named modules' outputs.
+
+        Raises:
+            UnsupportedModelError: a named module did not run.
+        """
+        if not self._handles:
+            raise RuntimeError("OutputCapture.run() outside its with block")
+        self.outputs, self.order = {}, []
+        try:
+            self._forward(x)
+        except _Stop:
+            pass
+        missing = [n for n in self.layers if n not in self.outputs]
+        if missing:
+            raise UnsupportedModelError(f"modules {', '.join(missing)} did not run in the forward pass.")
+        return self.outputs
+
+
+def capture_outputs(model: nn.Module, layers: Sequence[str], *, channels_last: bool = False,
+                    stop_early: bool = True, forward=None) -> OutputCapture:
+    """A context manager keeping the outputs of ``layers`` (qualified module names) per forward.
+
+    Example::
+
+        with capture_outputs(model, ["blocks.0", "blocks.5"]) as cap:
+            outs = cap.run(x)   # {"blocks.0": [batch, token, channel], ...}
+
+    Args:
+        channels_last: permute 4-D NHWC outputs to NCHW (timm models with ``output_fmt="NHWC"``).
+        stop_early: stop the forward pass once the last named module has run.
+        forward: the callable that runs the model on pixels (default: the model itself).
+    """
+    return OutputCapture(model, layers, channels_last=channels_last, stop_early=stop_early, forward=forward)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The layers measured by default, from the model's family adapter: every transformer block of a
+    ViT (token outputs), every stage of a CNN (for timm, every level of ``feature_info``, with the
+    ResNet stem ``act1``).
+
+    Raises:
+        UnsupportedModelError: neither applies; pass ``layers=`` with module names instead.
+    """
+    from ..models.families.registry import adapter_for
+
+    return adapter_for(model).block_outputs()

@@ -1,0 +1,137 @@
+"""The family interface: what vitlens asks of a model, whichever library built it.
+
+A family adapter answers a few questions about one model object: its token layout, its attention
+blocks in forward order and how to read their exact post-softmax probabilities, its learned
+absolute position table, its block or stage outputs, its patch-embedding filters and its
+preprocessing. Analyses, jobs and plots talk to the adapter, never to the library.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..tokens import TokenLayout
+
+__all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention", "kept_blocks"]
+
+#: ``emit(block_index, attn)`` with ``attn`` ``[batch, head, query, key]`` post-softmax probabilities.
+EmitAttention = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One attention block: its qualified module name, the module, its head count and its depth
+    (the index of the transformer block it belongs to, 0-based, in forward order)."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+    num_heads: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class PositionTable:
+    """A learned absolute position table laid out on the patch grid.
+
+    Attributes:
+        patches: ``[grid_h, grid_w, dim]`` patch entries, prefix entries removed.
+        prefix_entries: how many prefix tokens had an entry in the stored table.
+        trainable: whether the table requires gradients (a fixed sin-cos table does not).
+        resampling: how the family resamples the table to another grid (for the record).
+    """
+
+    patches: torch.Tensor
+    prefix_entries: int
+    trainable: bool
+    resampling: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval preprocessing from the model's own config or processor."""
+
+    input_size: tuple[int, int]          # (height, width) the model takes
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"       # resize filter: bicubic, bilinear, nearest
+    crop_pct: float = 1.0                # resize to input / crop_pct, then centre-crop
+    crop_mode: str = "center"            # center | squash | border (timm's names)
+    resize_shortest: bool = True         # resize the shorter side (True) or both sides (False)
+
+
+def kept_blocks(blocks: Sequence[int], num_blocks: int) -> list[int]:
+    """The block indices ``exact_attention`` is asked for, sorted and distinct; ValueError when one is
+    out of range."""
+    keep = sorted({int(i) for i in blocks})
+    if any(not 0 <= i < num_blocks for i in keep):
+        raise ValueError(f"block indices {keep} out of range: the model has {num_blocks} attention blocks")
+    return keep
+
+
+class FamilyAdapter(ABC):
+    """One model's answers to vitlens's questions. Subclasses implement one family.
+
+    ``handles(model)`` says whether the adapter is for this model; the registry in
+    :mod:`vitlens.models.families` tries the adapters in order and resolves one per model.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def handles(cls, model: nn.Module) -> bool:
+        """Whether this adapter is for ``model``."""
+
+    # -- tokens and attention --------------------------------------------------------------
+    @abstractmethod
+    def token_layout(self, input_size: int | Sequence[int] | None = None) -> TokenLayout:
+        """The token sequence for inputs of ``input_size`` (default: the model's own)."""
+
+    @abstractmethod
+    def attention_blocks(self) -> list[AttentionBlock]:
+        """Every attention block in forward order. Raises UnsupportedModelError for a model with
+        none (a CNN) or with attention vitlens cannot read exactly."""
+
+    @abstractmethod
+    def exact_attention(self, blocks: Sequence[int], emit: EmitAttention) -> AbstractContextManager:
+        """A context manager: inside it, every forward pass calls ``emit(i, attn)`` for every
+        block index ``i`` in ``blocks`` with that block's exact probabilities before dropout.
+
+        On entry the family's fast path (fused or flash attention) is switched to the explicit one;
+        on exit every hook is removed and every flag restored, also when the body raises. The
+        model's outputs are unchanged. On exit it raises UnsupportedModelError when a block ran
+        without forming its probabilities."""
+
+    # -- tables, outputs, filters, preprocessing ---------------------------------------------
+    @abstractmethod
+    def position_table(self, input_size: int | Sequence[int] | None = None, *,
+                       interpolation: str = "bicubic", antialias: bool = False) -> PositionTable | None:
+        """The learned absolute table (resampled to ``input_size``'s grid the family's way), or
+        None when the model has none (relative bias, rotary)."""
+
+    @abstractmethod
+    def block_outputs(self) -> list[str]:
+        """Qualified names of the modules whose outputs are the blocks (ViT, tokens
+        ``[batch, token, channel]``) or stages (CNN, ``[batch, channel, height, width]``)."""
+
+    @abstractmethod
+    def patch_filters(self) -> torch.Tensor | None:
+        """The patch embedding's linear filters ``[dim, 3, p, p]`` when it reads pixels, else None."""
+
+    @abstractmethod
+    def preprocessing(self) -> Preprocessing:
+        """The eval preprocessing from the model's own config or processor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model on ``[batch, 3, height, width]`` pixels and return a tensor (logits or
+        pooled features), whatever the family's call convention."""
+        return self.model(x)
