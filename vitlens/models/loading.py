@@ -27,7 +27,7 @@ from .checkpoints import load_checkpoint_into, read_state_dict
 __all__ = ["load_model", "zoo_models", "ZooModel", "model_source",
            "model_name"]
 
-ZOO_DIR = Path(__file__).parent / "zoo"
+ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 ZOO_PREFIX = "vitlens/"
 
 
