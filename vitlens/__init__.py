@@ -15,6 +15,7 @@ from .runtime.version import __version__
 _EXPORTS = {
     "capture.attention": ("AttentionCapture", "attention_modules", "capture_attention"),
     "analyses.representations.cka": ("CKAResult", "layer_cka"),
+    "analyses.representations.tokens": ("TokenNorms", "token_norms"),
     "analyses.cost": ("CostProfile", "cost_profile"),
     "analyses.attention.distance": ("AttentionDistance", "mean_attention_distance"),
     "analyses.attention.streaming": ("attention_distance",),
@@ -44,6 +45,7 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses.fields.theoretical import theoretical_receptive_field
     from .analyses.locality import Locality
     from .analyses.representations.cka import CKAResult, layer_cka
+    from .analyses.representations.tokens import TokenNorms, token_norms
     from .capture.attention import AttentionCapture, attention_modules, capture_attention
     from .models.checkpoints import read_state_dict
     from .models.layout import token_layout
@@ -69,6 +71,7 @@ __all__ = [
     "__version__",
     "AttentionCapture", "attention_modules", "capture_attention",
     "CKAResult", "layer_cka",
+    "TokenNorms", "token_norms",
     "CostProfile", "cost_profile",
     "AttentionDistance", "attention_distance", "mean_attention_distance",
     "ImageError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError",

@@ -30,6 +30,7 @@ COMMAND_HELP = {
     "cost": "parameters, FLOPs, peak memory and throughput of ViTs and CNNs by input size",
     "filters": "principal components of the RGB patch-embedding filters (ViT paper Fig. 7 left)",
     "cka": "layer-by-layer CKA between one model and itself or two models (Raghu et al. 2021)",
+    "tokens": "output-token norms per block and the high-norm tokens (Darcet et al. 2024)",
 }
 
 

@@ -2,7 +2,9 @@
 
 The receptive field and CKA read block (ViT) or stage (CNN) outputs. The context registers forward
 hooks on entry and removes them on exit, also when the body raises; ``run(x)`` runs the model and,
-with ``stop_early``, stops the forward pass once the last named module has run.
+with ``stop_early``, stops the forward pass once the last named module has run. With a ``callback``
+each output is handed to it as the module returns and not kept, so a reduction (token norms, say)
+holds one layer's output at a time.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ class OutputCapture:
 
     Attributes:
         outputs: module name -> output of the last ``run`` (``[batch, ...]``; the first element
-            of a tuple output; NHWC feature maps permuted to NCHW when ``channels_last``).
+            of a tuple output; NHWC feature maps permuted to NCHW when ``channels_last``); empty
+            when a callback takes the outputs.
         order: the names in the order their modules ran.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, channels_last: bool = False,
-                 stop_early: bool = True, forward=None):
+                 stop_early: bool = True, forward=None, callback=None):
         mods = dict(model.named_modules())
         unknown = [l for l in layers if l not in mods]
         if unknown:
@@ -39,6 +42,7 @@ class OutputCapture:
         self.model, self.layers = model, list(layers)
         self.channels_last, self.stop_early = channels_last, stop_early
         self._forward = forward or model
+        self._callback = callback
         self._mods = mods
         self.outputs: dict[str, torch.Tensor] = {}
         self.order: list[str] = []
@@ -60,7 +64,7 @@ class OutputCapture:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            if name in self.outputs:
+            if name in self.order:
                 raise UnsupportedModelError(f"module {name} runs more than once per forward pass, so its "
                                             "output is not one layer; measure another module.")
             if isinstance(output, (tuple, list)):
@@ -69,9 +73,12 @@ class OutputCapture:
                 raise UnsupportedModelError(f"module {name} returns {type(output).__name__}, not a tensor.")
             if self.channels_last and output.ndim == 4:
                 output = output.permute(0, 3, 1, 2)
-            self.outputs[name] = output
             self.order.append(name)
-            if self.stop_early and len(self.outputs) == len(self.layers):
+            if self._callback is not None:
+                self._callback(name, output)
+            else:
+                self.outputs[name] = output
+            if self.stop_early and len(self.order) == len(self.layers):
                 raise _Stop
         return hook
 
@@ -88,14 +95,14 @@ class OutputCapture:
             self._forward(x)
         except _Stop:
             pass
-        missing = [n for n in self.layers if n not in self.outputs]
+        missing = [n for n in self.layers if n not in self.order]
         if missing:
             raise UnsupportedModelError(f"modules {', '.join(missing)} did not run in the forward pass.")
         return self.outputs
 
 
 def capture_outputs(model: nn.Module, layers: Sequence[str], *, channels_last: bool = False,
-                    stop_early: bool = True, forward=None) -> OutputCapture:
+                    stop_early: bool = True, forward=None, callback=None) -> OutputCapture:
     """A context manager keeping the outputs of ``layers`` (qualified module names) per forward.
 
     Example::
@@ -107,8 +114,11 @@ def capture_outputs(model: nn.Module, layers: Sequence[str], *, channels_last: b
         channels_last: permute 4-D NHWC outputs to NCHW (timm models with ``output_fmt="NHWC"``).
         stop_early: stop the forward pass once the last named module has run.
         forward: the callable that runs the model on pixels (default: the model itself).
+        callback: called as ``callback(name, output)`` when each named module returns; the output
+            is then not kept (``run`` returns an empty dict).
     """
-    return OutputCapture(model, layers, channels_last=channels_last, stop_early=stop_early, forward=forward)
+    return OutputCapture(model, layers, channels_last=channels_last, stop_early=stop_early, forward=forward,
+                         callback=callback)
 
 
 def default_layers(model: nn.Module) -> list[str]:

@@ -98,6 +98,14 @@ def summary_rows(result) -> tuple[str, list[tuple[str, str]]]:
         return f"{name}: patch-embedding filters", [
             ("components", str(result.n_components)),
             ("variance explained by the first / all shown", f"{ev[:1].sum():.1%} / {ev.sum():.1%}")]
+    if kind == "TokenNorms":
+        b = int(np.argmax(result.high_norm_share[::-1])) if result.num_blocks else 0
+        b = result.num_blocks - 1 - b
+        return f"{name}: token norms", [
+            ("blocks", str(result.num_blocks)), ("images", str(result.n_images)),
+            ("rule", f"norm above {result.norm_factor:g} x the block's median patch norm"),
+            (f"high-norm patch tokens, block {b + 1} (the most)", f"{result.high_norm_share[b]:.2%}"),
+            ("blocks", "counted from 1 here and in figures; 0-based in to_frame()")]
     return kind, []
 
 

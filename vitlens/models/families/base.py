@@ -123,6 +123,12 @@ class FamilyAdapter(ABC):
         """Qualified names of the modules whose outputs are the blocks (ViT, tokens
         ``[batch, token, channel]``) or stages (CNN, ``[batch, channel, height, width]``)."""
 
+    def block_tokens(self, output: torch.Tensor) -> torch.Tensor:
+        """A ViT block's output (a module of :meth:`block_outputs`) as tokens ``[batch, token,
+        channel]`` in the order of :meth:`token_layout`; families whose blocks run sequence-first
+        override it."""
+        return output
+
     @abstractmethod
     def patch_filters(self) -> torch.Tensor | None:
         """The patch embedding's linear filters ``[dim, 3, p, p]`` when it reads pixels, else None."""

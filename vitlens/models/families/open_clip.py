@@ -148,6 +148,13 @@ class OpenClipAdapter(FamilyAdapter):
             return [f"{self.prefix}transformer.resblocks.{i}" for i in range(len(self.visual.transformer.resblocks))]
         return [f"{self.prefix}{n}" for n in ("avgpool", "layer1", "layer2", "layer3", "layer4")]
 
+    def block_tokens(self, output: torch.Tensor) -> torch.Tensor:
+        """``[batch, token, channel]``: a tower built with ``batch_first=False`` runs ``[token, batch,
+        channel]``."""
+        if self.is_vit and not getattr(self.visual.transformer, "batch_first", True):
+            return output.transpose(0, 1)
+        return output
+
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(self.visual, "conv1", None) if self.is_vit else None
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None
