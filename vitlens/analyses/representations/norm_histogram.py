@@ -3,9 +3,10 @@
 Token norms span orders of magnitude (a random ViT's first block and a trained ViT's high-norm
 outliers differ by 10^3), so the bins are log-spaced: ``BINS_PER_DECADE`` bins per factor of ten
 from ``LOW`` to ``HIGH``, plus one bin ``[0, LOW)`` and one ``[HIGH, inf)``. Each bin is
-``10^(1/BINS_PER_DECADE) - 1`` = 0.46% wide relative to its lower edge, so a quantile read from it
-(interpolated geometrically inside its bin, and kept within the smallest and largest value seen) is
-within 0.46% of the exact quantile of the values added. The count, sum, sum of squares, minimum and
+``10^(1/BINS_PER_DECADE) - 1`` = 0.46% wide relative to its lower edge. The ``q`` quantile of ``n``
+values is read in the bin that holds the value of rank ``ceil(q n)`` (for the median of an even count,
+the lower of the two middle values), interpolated geometrically inside that bin and kept within the
+smallest and largest value seen, so it is within 0.46% of that value. The count, sum, sum of squares, minimum and
 maximum are exact. Memory is fixed: it does not grow with the number of values added.
 """
 
