@@ -383,3 +383,30 @@ def test_command_refuses_bad_values(tmp_path, images, capsys, extra, needle):
     assert run(argv) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "o" / "tokens.csv").exists()
+
+
+def test_figures_draw_every_block_also_with_norms_beyond_the_bins(one_thread):
+    import matplotlib.pyplot as plt
+
+    from vitlens.plotting.tokens import high_norm_positions_figure, plot_norm_histogram, token_norms_figure
+
+    model, x = build("vit"), batch("vit", n=2)
+
+    def hook(_m, _inp, out):                                              # a norm in the last finite bins
+        out = out.clone()
+        out[:, 3] *= 9.9e7 / out[:, 3].norm(dim=-1, keepdim=True)
+        return out
+
+    handle = model.blocks[0].register_forward_hook(hook)
+    try:
+        r = token_norms(model, x)
+    finally:
+        handle.remove()
+    assert r.hist[0, 1, -30:-1].sum() == 2 and r.positions[0].sum() == 2
+    ax = plot_norm_histogram(r, block=0)
+    assert ax.get_xscale() == "log" and np.isfinite(ax.get_xlim()).all()
+    assert "block 1" in ax.get_title()
+    figs = [token_norms_figure([r, r], blocks=[0, 1]), high_norm_positions_figure([r])]
+    assert figs[0].axes[0].get_xscale() == "log" and len(figs[0].axes) == 4
+    for f in [ax.figure, *figs]:
+        plt.close(f)

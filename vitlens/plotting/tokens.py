@@ -43,7 +43,7 @@ def _coarse(result, block: int, kind: str, span: tuple[int, int], bins: int) -> 
     fine[:len(part)] = part
     counts = fine.reshape(m, step).sum(1) / max(result.n_images, 1)
     edges = np.asarray(result.edges)
-    idx = np.minimum(first + np.arange(m + 1) * step, len(edges) - 1)
+    idx = np.minimum(first + np.arange(m + 1) * step, len(edges) - 2)   # the last finite edge at most
     return edges[idx], counts
 
 
