@@ -410,3 +410,13 @@ def test_figures_draw_every_block_also_with_norms_beyond_the_bins(one_thread):
     assert figs[0].axes[0].get_xscale() == "log" and len(figs[0].axes) == 4
     for f in [ax.figure, *figs]:
         plt.close(f)
+
+
+def test_reduced_precision_forward_keeps_float32_reductions(one_thread):
+    model, x = build("vit"), batch("vit", n=3)
+    full = token_norms(model, x)
+    half = token_norms(model, x, precision="bf16")
+    np.testing.assert_allclose(half.threshold, full.threshold, rtol=0.03)
+    assert half.mean.dtype == np.float64 and half.n_nonfinite == 0
+    with pytest.raises(ValueError, match="precision"):
+        token_norms(model, x, precision="fp8")
