@@ -39,6 +39,7 @@ change size between stages, and they have no class token.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -48,6 +49,7 @@ import torch.nn as nn
 
 from ...capture.attention import capture_attention
 from ...capture.outputs import capture_outputs
+from ...models.families.registry import adapter_for, forward_of
 from ...models.tokens import TokenLayout
 from ...runtime.batches import check_images, iter_batches, num_images
 from ...runtime.errors import UnsupportedModelError
@@ -262,8 +264,6 @@ class _Plan:
 
 
 def _plan(model: nn.Module, input_size=None) -> _Plan:
-    from ...models.families.registry import adapter_for
-
     adapter = adapter_for(model)
     if hasattr(adapter, "window_layout"):
         raise UnsupportedModelError(
@@ -306,10 +306,6 @@ def _forward(model: nn.Module, plan: _Plan, x: torch.Tensor, on_output, on_atten
     """One forward pass of ``x`` with every block output handed to ``on_output(index, norms)`` and,
     when ``on_attention`` is given, every block's exact attention to ``on_attention(index, attn)``;
     stops after the last block."""
-    from contextlib import nullcontext
-
-    from ...models.families.registry import forward_of
-
     device = next(model.parameters()).device
 
     def output(name, out):
