@@ -105,7 +105,7 @@ def summary_rows(result) -> tuple[str, list[tuple[str, str]]]:
             ("blocks", str(result.num_blocks)), ("images", str(result.n_images)),
             ("rule", f"norm above {result.norm_factor:g} x the block's median patch norm"),
             (f"high-norm patch tokens, block {b + 1} (the most)", f"{result.high_norm_share[b]:.2%}"),
-            ("blocks", "counted from 1 here and in figures; 0-based in to_frame()")]
+            ("block numbers", "counted from 1 here and in figures; 0-based in to_frame()")]
     return kind, []
 
 
