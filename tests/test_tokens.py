@@ -406,6 +406,7 @@ def test_figures_draw_every_block_also_with_norms_beyond_the_bins(one_thread):
     ax = plot_norm_histogram(r, block=0)
     assert ax.get_xscale() == "log" and np.isfinite(ax.get_xlim()).all()
     assert "block 1" in ax.get_title()
+    assert "token norms" in r._repr_html_() and "<img" in r._repr_html_()
     figs = [token_norms_figure([r, r], blocks=[0, 1]), high_norm_positions_figure([r])]
     assert figs[0].axes[0].get_xscale() == "log" and len(figs[0].axes) == 4
     for f in [ax.figure, *figs]:
