@@ -16,10 +16,12 @@ _EXPORTS = {
     "capture.attention": ("AttentionCapture", "attention_modules", "capture_attention"),
     "analyses.representations.cka": ("CKAResult", "layer_cka"),
     "analyses.representations.tokens": ("TokenNorms", "token_norms"),
+    "analyses.representations.probes": ("ProbeResult", "linear_probes"),
+    "data.labels": ("LabelledImages", "labelled_images"),
     "analyses.cost": ("CostProfile", "cost_profile"),
     "analyses.attention.distance": ("AttentionDistance", "mean_attention_distance"),
     "analyses.attention.streaming": ("attention_distance",),
-    "runtime.errors": ("ImageError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError"),
+    "runtime.errors": ("ImageError", "LabelError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError"),
     "analyses.embeddings.filters": ("EmbeddingFilters", "embedding_filters"),
     "models.layout": ("TokenLayout", "token_layout"),
     "analyses.locality": ("Locality",),
@@ -46,12 +48,14 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses.locality import Locality
     from .analyses.representations.cka import CKAResult, layer_cka
     from .analyses.representations.tokens import TokenNorms, token_norms
+    from .analyses.representations.probes import ProbeResult, linear_probes
     from .capture.attention import AttentionCapture, attention_modules, capture_attention
+    from .data.labels import LabelledImages, labelled_images
     from .models.checkpoints import read_state_dict
     from .models.layout import token_layout
     from .models.loading import load_model, zoo_models
     from .models.tokens import TokenLayout
-    from .runtime.errors import ImageError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
+    from .runtime.errors import ImageError, LabelError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
 
 
 def __getattr__(name: str):
@@ -72,9 +76,10 @@ __all__ = [
     "AttentionCapture", "attention_modules", "capture_attention",
     "CKAResult", "layer_cka",
     "TokenNorms", "token_norms",
+    "ProbeResult", "linear_probes", "LabelledImages", "labelled_images",
     "CostProfile", "cost_profile",
     "AttentionDistance", "attention_distance", "mean_attention_distance",
-    "ImageError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError",
+    "ImageError", "LabelError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError",
     "EmbeddingFilters", "embedding_filters",
     "TokenLayout", "token_layout",
     "Locality",

@@ -31,6 +31,7 @@ COMMAND_HELP = {
     "filters": "principal components of the RGB patch-embedding filters (ViT paper Fig. 7 left)",
     "cka": "layer-by-layer CKA between one model and itself or two models (Raghu et al. 2021)",
     "tokens": "output-token norms per block and the high-norm tokens (Darcet et al. 2024)",
+    "probe": "few-shot linear-probe accuracy per layer, ViT beside CNN (ViT paper; Raghu et al. 2021)",
 }
 
 
@@ -129,7 +130,7 @@ def _command_of(argv: Sequence[str]) -> str:
 
 
 # Lowest accepted value of numeric options, by destination; a command checks only those it has.
-_MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "warmup": 0,
+_MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "shots": 1, "warmup": 0,
             "n_components": 1, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka", "tokens"]
+JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka", "tokens",
+                    "probe"]
 
 
 #: Commands whose module lives outside this package (the report sits on top of the jobs it runs).

@@ -106,6 +106,13 @@ def summary_rows(result) -> tuple[str, list[tuple[str, str]]]:
             ("rule", f"norm above {result.norm_factor:g} x the block's median patch norm"),
             (f"high-norm patch tokens, block {b + 1} (the most)", f"{result.high_norm_share[b]:.2%}"),
             ("block numbers", "counted from 1 here and in figures; 0-based in to_frame()")]
+    if kind == "ProbeResult":
+        rows = [("layers x representations", f"{len(result.layers)} x {', '.join(result.representations)}"),
+                ("shots, repeats", f"{result.shots} per class, {result.repeats}"),
+                ("classes, test images", f"{result.n_classes} (chance {result.chance:.1%}), {result.n_test}")]
+        for j, rep in enumerate(result.representations):
+            rows.append((f"{rep}: first / last layer", f"{result.accuracy[0, j]:.1%} / {result.accuracy[-1, j]:.1%}"))
+        return f"{name}: few-shot linear probes", rows
     return kind, []
 
 

@@ -28,3 +28,7 @@ class ImageError(VitlensError):
 
 class OutputError(VitlensError):
     """The output folder cannot be written, or already holds results."""
+
+
+class LabelError(ImageError):
+    """Images have no class labels vitlens can read, or too few per class for the analysis."""
