@@ -24,6 +24,9 @@ REPRESENTATION_STYLE = {
 }
 
 
+_MAP_LABELS = {"gap": "spatial mean (gap)", "token": "single positions, mean over positions"}
+
+
 def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, legend: bool = True,
                 title: bool = True):
     """Accuracy ``[layer, representation]`` against ``depth_fraction``.
@@ -40,6 +43,8 @@ def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, lege
     x = np.asarray(result.depth_fraction, dtype=float)
     for j, rep in enumerate(result.representations):
         color, marker, label = REPRESENTATION_STYLE.get(rep, ("#000000", "o", rep))
+        if result.kind != "vit" or (rep != "cls" and result.conventions.get("feature_maps")):
+            label = _MAP_LABELS.get(rep, label)
         if rep == "token" and len(result.n_tokens_probed) and result.n_tokens_probed.max() < result.n_positions.max():
             label += f" (up to {int(result.n_tokens_probed.max())} sampled)"
         m, s = np.asarray(result.accuracy[:, j], float), np.asarray(result.accuracy_std[:, j], float)
@@ -58,7 +63,7 @@ def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, lege
                      f"{result.n_classes} classes, {result.n_test} test images, {result.repeats} draws",
                      fontsize=8)
     if legend:
-        ax.legend(fontsize=7, loc="lower right", frameon=True, framealpha=0.85)
+        ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
     return ax
 
 

@@ -205,7 +205,12 @@ def probe_layers(features: ProbeFeatures, labels: np.ndarray, class_names: Seque
     L, P = len(features.layers), len(features.representations)
     acc, lam_used = np.zeros((L, P, repeats)), np.zeros((L, P, repeats))
     heldout = isinstance(regularization, str)
-    with tqdm(total=L * P * repeats, desc="probes", unit="probe", disable=not progress, leave=False) as bar:
+    # Many small batched solves: BLAS threads only contend for them (tens of times slower on a busy
+    # machine), so they run on one, restored after. threadpoolctl comes with scikit-learn.
+    from threadpoolctl import threadpool_limits
+
+    with tqdm(total=L * P * repeats, desc="probes", unit="probe", disable=not progress, leave=False) as bar, \
+            threadpool_limits(limits=1, user_api="blas"):
         for i in range(L):
             for j, rep in enumerate(features.representations):
                 x = features.features[(i, rep)][avail]                     # [image, (position,) channel]
@@ -242,6 +247,7 @@ def probe_layers(features: ProbeFeatures, labels: np.ndarray, class_names: Seque
             "max_tokens": features.max_tokens, "token_positions": [None if p is None else p.tolist()
                                                                    for p in features.positions],
             "grid": [None if g is None else list(g) for g in features.grid],
+            "feature_maps": bool(features.feature_maps),
             "cls": "class token", "gap": "mean of the patch tokens (spatial mean for feature maps)",
             "layer_order": "module registration order", "mode": MODE_RULE, "was_training": bool(was_training)})
 
