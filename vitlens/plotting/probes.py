@@ -63,7 +63,7 @@ def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, lege
                      f"{result.n_classes} classes, {result.n_test} test images, {result.repeats} draws",
                      fontsize=8)
     if legend:
-        ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.85)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # never on a curve
     return ax
 
 
@@ -77,7 +77,7 @@ def probes_figure(results: Sequence):
 
     if not results:
         raise ValueError("probes_figure needs at least one result")
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.9), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.5), squeeze=False, sharey=True)
     for i, (ax, r) in enumerate(zip(axes[0], results)):
         plot_probes(r, ax=ax)
         if i:
