@@ -119,3 +119,15 @@ def test_too_few_images_is_an_error_before_anything_is_written(tmp_path, folders
     assert run(["probe", "--model", "vitlens/resnet-tiny-shapes", "--images", str(folders), "--out", str(out),
                 "--representation", "cls", "--shots", "2"]) == 2
     assert "no class token" in capsys.readouterr().err
+
+
+def test_the_shipped_models_late_layers_probe_far_above_chance(tmp_path):
+    from vitlens import linear_probes, load_model
+
+    save_images(tmp_path / "held_out", 96, seed=11, split="test")         # never training images
+    data = labelled_images(tmp_path / "held_out")
+    vit = linear_probes(load_model(VIT), data, shots=5, repeats=2, representations=["cls", "gap"], batch_size=48)
+    cnn = linear_probes(load_model(CNN), data, shots=5, repeats=2, representations=["gap"], batch_size=48)
+    assert vit.chance == cnn.chance == 1 / 8 and vit.n_test == cnn.n_test == 56
+    assert vit.accuracy[-1, 0] > 0.8 and cnn.accuracy[-1, 0] > 0.8         # chance is 0.125
+    assert vit.accuracy[-1, 0] > vit.accuracy[0, 0] + 0.3 and cnn.accuracy[-1, 0] > cnn.accuracy[0, 0] + 0.3

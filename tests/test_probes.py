@@ -212,6 +212,8 @@ def test_mode_is_restored_and_the_frame_is_tidy():
               "n_test"):
         assert c in f.columns
     assert len(f) == 6 and len(res.repeats_frame()) == 18
+    html = res._repr_html_()
+    assert "few-shot linear probes" in html and "data:image/png;base64" in html
     one = linear_probes(vit, x, y, shots=2, repeats=1, representations=["gap"])
     assert np.isnan(one.accuracy_std).all() and one.representations == ("gap",)
 
