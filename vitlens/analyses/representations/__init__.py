@@ -1,2 +1,3 @@
-"""How layers' representations relate: CKA within and between models.
+"""How layers' representations relate: CKA within and between models, and what a few-shot linear
+probe reads from each layer.
 """
