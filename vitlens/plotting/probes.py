@@ -18,13 +18,13 @@ __all__ = ["plot_probes", "probes_figure", "REPRESENTATION_STYLE"]
 
 #: colour, marker and legend label of each representation.
 REPRESENTATION_STYLE = {
-    "cls": ("#0072B2", "o", "class token (cls)"),
-    "gap": ("#D55E00", "s", "patch-token mean (gap)"),
-    "token": ("#009E73", "^", "single tokens, mean over positions"),
+    "cls": ("#0072B2", "o", "cls: class token"),
+    "gap": ("#D55E00", "s", "gap: patch-token mean"),
+    "token": ("#009E73", "^", "token: each alone, mean"),
 }
 
 
-_MAP_LABELS = {"gap": "spatial mean (gap)", "token": "single positions, mean over positions"}
+_MAP_LABELS = {"gap": "gap: spatial mean", "token": "token: each position alone, mean"}
 
 
 def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, legend: bool = True,
@@ -46,13 +46,13 @@ def plot_probes(result, ax=None, *, band: bool = True, chance: bool = True, lege
         if result.kind != "vit" or (rep != "cls" and result.conventions.get("feature_maps")):
             label = _MAP_LABELS.get(rep, label)
         if rep == "token" and len(result.n_tokens_probed) and result.n_tokens_probed.max() < result.n_positions.max():
-            label += f" (up to {int(result.n_tokens_probed.max())} sampled)"
+            label += f", {int(result.n_tokens_probed.max())} sampled"
         m, s = np.asarray(result.accuracy[:, j], float), np.asarray(result.accuracy_std[:, j], float)
         ax.plot(x, m, marker=marker, ms=4, lw=1.5, color=color, label=label)
         if band and np.isfinite(s).any():
             ax.fill_between(x, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color=color, alpha=0.18, lw=0)
     if chance:
-        ax.axhline(result.chance, color="0.35", ls="--", lw=1, label=f"chance (1/{result.n_classes})")
+        ax.axhline(result.chance, color="0.35", ls="--", lw=1, label=f"chance 1/{result.n_classes}")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("network depth (0 = first layer, 1 = last)")
