@@ -53,7 +53,8 @@ def test_plots_take_ax_and_figures_return_figures():
                 assert "ax" in p and p["ax"].default is None, f"{module.__name__}.{n}"
 
 
-ANALYSES = ["attention_distance", "attention_rollout", "effective_receptive_field", "layer_cka", "token_norms"]
+ANALYSES = ["attention_distance", "attention_rollout", "effective_receptive_field", "layer_cka", "token_norms",
+            "linear_probes"]
 
 
 @pytest.mark.parametrize("name", ANALYSES)
