@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from ..tokens import TokenLayout
 
-__all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention", "kept_blocks"]
+__all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention", "kept_blocks",
+           "ResidualSite", "ResidualBlock", "RESIDUAL_LAYOUTS"]
 
 #: ``emit(block_index, attn)`` with ``attn`` ``[batch, head, query, key]`` post-softmax probabilities.
 EmitAttention = Callable[[int, torch.Tensor], None]
@@ -63,6 +64,52 @@ class Preprocessing:
     crop_pct: float = 1.0                # resize to input / crop_pct, then centre-crop
     crop_mode: str = "center"            # center | squash | border (timm's names)
     resize_shortest: bool = True         # resize the shorter side (True) or both sides (False)
+
+
+#: How a residual block's tensors are laid out: ``tokens`` ``[batch, token, channel]``,
+#: ``tokens_first`` ``[token, batch, channel]`` (sequence-first transformers), ``channels``
+#: ``[batch, channel, height, width]`` (CNN residual units).
+RESIDUAL_LAYOUTS = ("tokens", "tokens_first", "channels")
+
+
+@dataclass(frozen=True)
+class ResidualSite:
+    """Where one tensor of a residual block is read: the output (or first input) of ``module``
+    on its ``call``-th call (0-based) within one forward pass of the block."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+    where: str = "output"                # "output" or "input"
+    call: int = 0
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """One block of residual sub-layers ``x <- x + f_k(x)``, run in ``sublayers`` order.
+
+    The skip input of the first sub-layer is the block's input, or the output of ``shortcut`` (a
+    CNN unit's projection) when given; that of each later sub-layer is the previous skip input plus
+    the previous branch. ``branches[k]`` is where ``f_k(x)`` is read as it is added (after layer
+    scale, before the sum). ``total`` is where the last sum ``x + f(x)`` appears (None: the block's
+    output); it is compared with the sum formed from the parts, so that a block whose structure is
+    not the one described is refused instead of measured wrongly.
+
+    Attributes:
+        index: the block's position among the model's residual blocks (0-based, forward order).
+        name: the block's qualified module name.
+        module: the block.
+        sublayers: ``("attention", "mlp")`` for a transformer block, ``("residual",)`` for a CNN unit.
+        layout: one of :data:`RESIDUAL_LAYOUTS`.
+    """
+
+    index: int
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+    sublayers: tuple[str, ...]
+    branches: tuple[ResidualSite, ...]
+    layout: str = "tokens"
+    shortcut: ResidualSite | None = None
+    total: ResidualSite | None = None
 
 
 def kept_blocks(blocks: Sequence[int], num_blocks: int) -> list[int]:
@@ -128,6 +175,12 @@ class FamilyAdapter(ABC):
         channel]`` in the order of :meth:`token_layout`; families whose blocks run sequence-first
         override it."""
         return output
+
+    @abstractmethod
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """Every residual block in forward order, with where its skip inputs and branch outputs are
+        read (:class:`ResidualBlock`). Raises UnsupportedModelError for a model whose residual
+        branches vitlens cannot find, saying why."""
 
     @abstractmethod
     def patch_filters(self) -> torch.Tensor | None:

@@ -26,7 +26,16 @@ from ...runtime.errors import ModelLoadError, UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
 from ._mha import capture_mha
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
+from ._residual import no_residual_blocks, resnet_unit, site, transformer_block
+from .base import (
+    AttentionBlock,
+    EmitAttention,
+    FamilyAdapter,
+    PositionTable,
+    Preprocessing,
+    ResidualBlock,
+    kept_blocks,
+)
 from .registry import register_family
 
 __all__ = ["OpenClipAdapter", "load"]
@@ -154,6 +163,30 @@ class OpenClipAdapter(FamilyAdapter):
         if self.is_vit and not getattr(self.visual.transformer, "batch_first", True):
             return output.transpose(0, 1)
         return output
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """ViT tower: every ``ResidualAttentionBlock`` (``x = q_x + ls_1(attention(ln_1(q_x)))``, then
+        ``x + ls_2(mlp(ln_2(x)))``): the branches are the outputs of ``ls_1`` and ``ls_2`` (identity
+        without layer scale); a sequence-first tower (``batch_first=False``) is read as such. The
+        modified ResNet: every ``Bottleneck`` (branch ``bn3``, shortcut ``downsample`` or the input,
+        the sum at the input of ``act3``)."""
+        if self.is_vit:
+            layout = "tokens" if getattr(self.visual.transformer, "batch_first", True) else "tokens_first"
+            out = []
+            for i, blk in enumerate(self.visual.transformer.resblocks):
+                name = f"{self.prefix}transformer.resblocks.{i}"
+                if not all(isinstance(getattr(blk, a, None), nn.Module) for a in ("ls_1", "ls_2")):
+                    raise no_residual_blocks(self.model, f"{name} is a {type(blk).__name__} without ls_1 and ls_2")
+                out.append(transformer_block(i, name, blk, site(name, "ls_1", blk.ls_1), site(name, "ls_2", blk.ls_2),
+                                             layout=layout))
+            return out
+        from open_clip.modified_resnet import Bottleneck
+        out = [resnet_unit(i, f"{self.prefix}{n}", mod, ("bn3",), "act3")
+               for i, (n, mod) in enumerate((n, mod) for n, mod in self.visual.named_modules()
+                                            if isinstance(mod, Bottleneck))]
+        if not out:
+            raise no_residual_blocks(self.model)
+        return out
 
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(self.visual, "conv1", None) if self.is_vit else None

@@ -20,7 +20,16 @@ import torch.nn as nn
 from ...runtime.errors import UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
+from ._residual import no_residual_blocks, resnet_unit, site, transformer_block
+from .base import (
+    AttentionBlock,
+    EmitAttention,
+    FamilyAdapter,
+    PositionTable,
+    Preprocessing,
+    ResidualBlock,
+    kept_blocks,
+)
 from .registry import register_family
 
 __all__ = ["TimmAdapter", "KNOWN_ATTENTION", "attn_drop_capture"]
@@ -241,6 +250,46 @@ class TimmAdapter(FamilyAdapter):
         raise UnsupportedModelError(
             f"{type(m).__name__} is neither a timm ViT (patch_embed and blocks) nor a timm CNN with "
             "feature_info, so vitlens does not know its stages; pass layers=[module names] instead.")
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """ViTs: every ``blocks[i]`` with ``drop_path1`` and ``drop_path2`` (timm's ``Block``,
+        ``ResPostBlock``, BEiT's and EVA's blocks): the branches are what enters the stream through
+        them (after layer scale or ``gamma``; drop-path is the identity in eval). Parallel blocks
+        (``ParallelScalingBlock``, ``ParallelThingsBlock``: both branches read the same input) are
+        refused. CNNs: timm ResNet units (branch after the last BatchNorm, SE or drop-path; shortcut
+        the ``downsample`` projection or the input) and ConvNeXt blocks (branch after ``gamma``,
+        shortcut ``shortcut``)."""
+        m = self.model
+        blocks = getattr(m, "blocks", None)
+        if _has_grid(m):
+            if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+                raise no_residual_blocks(m, "it has no blocks list")
+            out = []
+            for i, blk in enumerate(blocks):
+                name = f"blocks.{i}"
+                if "parallel" in type(blk).__name__.lower() or not all(
+                        isinstance(getattr(blk, a, None), nn.Module) for a in ("drop_path1", "drop_path2")):
+                    raise no_residual_blocks(m, f"{name} is a {type(blk).__name__}, whose attention and MLP "
+                                                "branches are not two sequential residual sub-layers vitlens knows "
+                                                "(parallel blocks add both branches to the same input)")
+                out.append(transformer_block(i, name, blk, site(name, "drop_path1", blk.drop_path1),
+                                             site(name, "drop_path2", blk.drop_path2)))
+            return out
+        from timm.models.convnext import ConvNeXtBlock
+        from timm.models.resnet import BasicBlock, Bottleneck
+        out = []
+        for name, mod in m.named_modules():
+            if isinstance(mod, Bottleneck):
+                out.append(resnet_unit(len(out), name, mod, ("bn3", "se", "drop_path"), "act3"))
+            elif isinstance(mod, BasicBlock):
+                out.append(resnet_unit(len(out), name, mod, ("bn2", "se", "drop_path"), "act2"))
+            elif isinstance(mod, ConvNeXtBlock):
+                out.append(ResidualBlock(index=len(out), name=name, module=mod, sublayers=("residual",),
+                                         branches=(site(name, "drop_path", mod.drop_path),), layout="channels",
+                                         shortcut=site(name, "shortcut", mod.shortcut)))
+        if not out:
+            raise no_residual_blocks(m)
+        return out
 
     def patch_filters(self) -> torch.Tensor | None:
         """``[dim, 3, p_h, p_w]`` from the conv patch projection (kernel = stride) or a linear one

@@ -166,6 +166,11 @@ class TimmWindowedAdapter(FamilyAdapter):
                              resampling=f"timm resample_abs_pos_embed_nhwc ({interpolation}"
                                         f"{', antialias' if antialias else ''})")
 
+    def residual_blocks(self):
+        """Refused: see :func:`~vitlens.models.families._residual.windowed_refusal`."""
+        from ._residual import windowed_refusal
+        raise windowed_refusal(self.model)
+
     def block_outputs(self) -> list[str]:
         """Every block, in forward order; each returns a feature map ``[batch, height, width, channel]``."""
         return [name for name, _ in self._named_blocks()]

@@ -24,7 +24,16 @@ from ...runtime.errors import ModelLoadError, UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
 from ._mha import capture_mha
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
+from ._residual import no_residual_blocks, resnet_unit, site, transformer_block
+from .base import (
+    AttentionBlock,
+    EmitAttention,
+    FamilyAdapter,
+    PositionTable,
+    Preprocessing,
+    ResidualBlock,
+    kept_blocks,
+)
 from .registry import register_family
 
 __all__ = ["TorchvisionAdapter", "load"]
@@ -129,6 +138,30 @@ class TorchvisionAdapter(FamilyAdapter):
         if isinstance(features, nn.Sequential):
             return [f"features.{n}" for n, _ in features.named_children()]
         raise UnsupportedModelError(f"vitlens does not know the stages of torchvision's {type(m).__name__}.")
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """ViT: every ``EncoderBlock`` (``x = input + dropout(self_attention(ln_1(input)))``, then
+        ``x + mlp(ln_2(x))``): the branches are the outputs of ``dropout`` and ``mlp``. ResNet: every
+        ``BasicBlock`` / ``Bottleneck`` (branch: the last BatchNorm; shortcut: ``downsample`` or the
+        input; the sum: the input of the shared ``relu`` on its last call). Other CNNs are refused."""
+        m = self.model
+        if _is_vit(m):
+            out = []
+            for i, (n, blk) in enumerate(m.encoder.layers.named_children()):
+                name = f"encoder.layers.{n}"
+                out.append(transformer_block(i, name, blk, site(name, "dropout", blk.dropout),
+                                             site(name, "mlp", blk.mlp)))
+            return out
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+        out = []
+        for name, mod in m.named_modules():
+            if isinstance(mod, Bottleneck):
+                out.append(resnet_unit(len(out), name, mod, ("bn3",), "relu", act_call=2))
+            elif isinstance(mod, BasicBlock):
+                out.append(resnet_unit(len(out), name, mod, ("bn2",), "relu", act_call=1))
+        if not out:
+            raise no_residual_blocks(m)
+        return out
 
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(self.model, "conv_proj", None) if _is_vit(self.model) else None

@@ -28,7 +28,17 @@ import torch.nn as nn
 from ...runtime.errors import ModelLoadError, UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing, kept_blocks
+from ._residual import no_residual_blocks, site, transformer_block
+from .base import (
+    AttentionBlock,
+    EmitAttention,
+    FamilyAdapter,
+    PositionTable,
+    Preprocessing,
+    ResidualBlock,
+    ResidualSite,
+    kept_blocks,
+)
 from .registry import register_family
 
 __all__ = ["TransformersAdapter", "load", "SUPPORTED_MODEL_TYPES", "DEFAULT_PREPROCESSING", "returned_weights_capture",
@@ -222,6 +232,24 @@ class TransformersAdapter(FamilyAdapter):
     def block_outputs(self) -> list[str]:
         return [n for n, _ in self._named("hidden_states")]
 
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """Every encoder layer (the modules ``output_hidden_states`` reads). The residual sums sit
+        inside each layer's forward, so the branches are read where they enter them: DINOv2's
+        ``layer_scale1`` / ``layer_scale2``; BEiT's shared ``drop_path`` (after ``lambda_1`` /
+        ``lambda_2``), first and second call; CLIP's and SigLIP's ``self_attn`` (its first output)
+        and ``mlp``; ViT's and DeiT's shared ``dropout``, first and second call. Each layer's output
+        is checked against the sums of the parts on every pass."""
+        out = []
+        for i, (name, layer) in enumerate(self._named("hidden_states")):
+            pair = _branch_sites(name, layer)
+            if pair is None:
+                raise no_residual_blocks(self.model, f"its layer {name} ({type(layer).__name__}) is not one "
+                                                     "whose residual branches vitlens knows")
+            out.append(transformer_block(i, name, layer, *pair))
+        if not out:
+            raise no_residual_blocks(self.model)
+        return out
+
     def patch_filters(self) -> torch.Tensor | None:
         e = self.embeddings
         conv = getattr(getattr(e, "patch_embeddings", None), "projection", None) or getattr(e, "patch_embedding", None)
@@ -247,6 +275,22 @@ class TransformersAdapter(FamilyAdapter):
             if isinstance(getattr(out, key, None), torch.Tensor):
                 return getattr(out, key)
         raise UnsupportedModelError(f"{type(m).__name__} returned no tensor vitlens can use.")
+
+
+def _branch_sites(name: str, layer: nn.Module) -> tuple[ResidualSite, ResidualSite] | None:
+    """Where the attention and MLP branches of a transformers encoder layer enter the stream."""
+    def has(attr):
+        return isinstance(getattr(layer, attr, None), nn.Module)
+
+    if has("layer_scale1") and has("layer_scale2"):                       # DINOv2 (with registers)
+        return site(name, "layer_scale1", layer.layer_scale1), site(name, "layer_scale2", layer.layer_scale2)
+    if hasattr(layer, "lambda_1") and has("drop_path"):                    # BEiT: drop_path(lambda * f)
+        return site(name, "drop_path", layer.drop_path), site(name, "drop_path", layer.drop_path, call=1)
+    if has("self_attn") and has("mlp") and has("layer_norm1"):             # CLIP, SigLIP
+        return site(name, "self_attn", layer.self_attn), site(name, "mlp", layer.mlp)
+    if has("attention") and has("dropout") and has("mlp"):                 # ViT, DeiT
+        return site(name, "dropout", layer.dropout), site(name, "dropout", layer.dropout, call=1)
+    return None
 
 
 # --------------------------------------------------------------------------- preprocessing

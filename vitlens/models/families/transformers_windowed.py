@@ -182,6 +182,11 @@ class TransformersWindowedAdapter(FamilyAdapter):
                              trainable=bool(table.requires_grad),
                              resampling=f"transformers {type(e).__name__}.interpolate_pos_encoding")
 
+    def residual_blocks(self):
+        """Refused: see :func:`~vitlens.models.families._residual.windowed_refusal`."""
+        from ._residual import windowed_refusal
+        raise windowed_refusal(self.model)
+
     def block_outputs(self) -> list[str]:
         """Every block (``SwinLayer``), in forward order; each returns tokens ``[batch, h * w, channel]``
         of its stage's map (:meth:`feature_map` lays them out)."""
