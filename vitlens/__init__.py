@@ -18,6 +18,8 @@ _EXPORTS = {
     "analyses.representations.tokens": ("TokenNorms", "token_norms"),
     "analyses.representations.probes": ("ProbeResult", "linear_probes"),
     "data.labels": ("LabelledImages", "labelled_images"),
+    "analyses.representations.skip": ("SkipRatios", "skip_ratios"),
+    "analyses.representations.localization": ("Localization", "spatial_localization"),
     "analyses.cost": ("CostProfile", "cost_profile"),
     "analyses.attention.distance": ("AttentionDistance", "mean_attention_distance"),
     "analyses.attention.streaming": ("attention_distance",),
@@ -49,6 +51,8 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses.representations.cka import CKAResult, layer_cka
     from .analyses.representations.tokens import TokenNorms, token_norms
     from .analyses.representations.probes import ProbeResult, linear_probes
+    from .analyses.representations.localization import Localization, spatial_localization
+    from .analyses.representations.skip import SkipRatios, skip_ratios
     from .capture.attention import AttentionCapture, attention_modules, capture_attention
     from .data.labels import LabelledImages, labelled_images
     from .models.checkpoints import read_state_dict
@@ -77,6 +81,8 @@ __all__ = [
     "CKAResult", "layer_cka",
     "TokenNorms", "token_norms",
     "ProbeResult", "linear_probes", "LabelledImages", "labelled_images",
+    "SkipRatios", "skip_ratios",
+    "Localization", "spatial_localization",
     "CostProfile", "cost_profile",
     "AttentionDistance", "attention_distance", "mean_attention_distance",
     "ImageError", "LabelError", "ModelLoadError", "OutputError", "UnsupportedModelError", "VitlensError",

@@ -32,6 +32,8 @@ COMMAND_HELP = {
     "cka": "layer-by-layer CKA between one model and itself or two models (Raghu et al. 2021)",
     "tokens": "output-token norms per block and the high-norm tokens (Darcet et al. 2024)",
     "probe": "few-shot linear-probe accuracy per layer, ViT beside CNN (ViT paper; Raghu et al. 2021)",
+    "skip": "skip-connection norm ratios per block and sub-layer, ViTs and CNNs (Raghu et al. Fig. 7)",
+    "localization": "CKA between a block's tokens and every input patch, ViTs and CNNs (Raghu et al. Fig. 9)",
 }
 
 
@@ -131,7 +133,7 @@ def _command_of(argv: Sequence[str]) -> str:
 
 # Lowest accepted value of numeric options, by destination; a command checks only those it has.
 _MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "shots": 1, "warmup": 0,
-            "n_components": 1, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
+            "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
 
 
 def _check_values(args: argparse.Namespace, accepted: set[str]) -> None:

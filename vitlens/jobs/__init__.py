@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka", "tokens",
-                    "probe"]
+                   "probe", "skip", "localization"]
 
 
 #: Commands whose module lives outside this package (the report sits on top of the jobs it runs).

@@ -60,14 +60,15 @@ class SkipAccumulator:
 
     Args:
         blocks: the model's residual blocks (family adapter).
-        num_prefix_tokens: prefix tokens of the ViT's sequence (ignored for CNN units).
+        prefix_kinds: the ViT's prefix tokens in sequence order (``"cls"``, ``"dist"``, ``"reg"``;
+            ignored for CNN units).
         n_tokens: how many leading tokens ``token_ratio`` keeps.
         cnn_norm: ``"position"`` or ``"map"`` (module docstring).
     """
 
     SUMMED = ("sums", "counts", "token_sums", "token_counts", "n_images")
 
-    def __init__(self, blocks: Sequence[ResidualBlock], *, num_prefix_tokens: int = 0, n_tokens: int = N_TOKENS,
+    def __init__(self, blocks: Sequence[ResidualBlock], *, prefix_kinds: Sequence[str] = (), n_tokens: int = N_TOKENS,
                  cnn_norm: str = "position"):
         if cnn_norm not in CNN_NORMS:
             raise ValueError(f"cnn_norm must be one of {CNN_NORMS}, got {cnn_norm!r}")
@@ -79,7 +80,8 @@ class SkipAccumulator:
             raise UnsupportedModelError("the model's residual blocks have different sub-layers; vitlens reads "
                                         "skip ratios of models whose blocks are all alike.")
         self.cnn = self.blocks[0].layout == "channels"
-        self.num_prefix = 0 if self.cnn else int(num_prefix_tokens)
+        self.prefix_kinds = () if self.cnn else tuple(prefix_kinds)
+        self.num_prefix = len(self.prefix_kinds)
         self.token_kinds = ("position",) if self.cnn else (("prefix",) if self.num_prefix else ()) + ("patch",)
         self.cnn_norm = cnn_norm
         self.n_tokens = 0 if self.cnn else int(n_tokens)
@@ -134,7 +136,7 @@ class SkipAccumulator:
             model=model, kind="cnn" if self.cnn else "vit", blocks=tuple(b.name for b in self.blocks),
             depth_fraction=np.arange(nb) / (nb - 1) if nb > 1 else np.zeros(1), sublayers=tuple(self.sublayers),
             token_kinds=self.token_kinds, ratio=ratio, count=self.counts.copy(), token_ratio=token,
-            n_images=int(self.n_images[0]), cnn_norm=self.cnn_norm, num_prefix_tokens=self.num_prefix,
+            n_images=int(self.n_images[0]), cnn_norm=self.cnn_norm, prefix_kinds=self.prefix_kinds,
             conventions={"ratio": "||x|| / ||f(x)|| per token and image, f(x) as added (after layer scale, "
                                   "before the sum); mean over images and tokens of one kind",
                          "norm": "Euclidean over channels, float64", "zero_branch": "inf (x = f(x) = 0: NaN)",
@@ -157,7 +159,8 @@ class SkipRatios:
         token_ratio: ``[block, sublayer, token]`` per-token ratio of the first tokens, mean over
             images (ViTs; ``token`` axis empty for CNNs).
         n_images: images measured; cnn_norm: see the module docstring.
-        num_prefix_tokens: prefix tokens at the start of the ViT sequence (0 for CNNs).
+        prefix_kinds: the ViT's prefix tokens in sequence order (``"cls"``, ``"dist"``, ``"reg"``;
+            empty for CNNs and ViTs without prefix tokens).
         conventions: the conventions used, by name.
     """
 
@@ -172,17 +175,22 @@ class SkipRatios:
     token_ratio: np.ndarray
     n_images: int
     cnn_norm: str
-    num_prefix_tokens: int = 0
+    prefix_kinds: tuple[str, ...] = ()
     conventions: dict = field(default_factory=dict)
 
     def __post_init__(self):
         freeze_arrays(self)
 
     @property
+    def num_prefix_tokens(self) -> int:
+        return len(self.prefix_kinds)
+
+    @property
     def token_labels(self) -> tuple[str, ...]:
-        """Labels of ``token_ratio``'s token axis: ``prefix 0`` ..., then ``patch 0`` ... (sequence order)."""
+        """Labels of ``token_ratio``'s token axis in sequence order: the prefix kinds (``cls``,
+        ``dist``, ``reg``), then ``patch 0``, ``patch 1``, ..."""
         p = self.num_prefix_tokens
-        return tuple(f"prefix {i}" if i < p else f"patch {i - p}" for i in range(self.token_ratio.shape[-1]))
+        return tuple(self.prefix_kinds[i] if i < p else f"patch {i - p}" for i in range(self.token_ratio.shape[-1]))
 
     def to_frame(self):
         """One row per (block, sublayer, token kind): ``model, kind, block, block_name, depth_fraction,
@@ -211,7 +219,7 @@ class SkipRatios:
         """Metadata for a run record (not the arrays)."""
         return {"model": self.model, "kind": self.kind, "blocks": list(self.blocks), "sublayers": list(self.sublayers),
                 "token_kinds": list(self.token_kinds), "n_images": self.n_images, "cnn_norm": self.cnn_norm,
-                "n_first_tokens": int(self.token_ratio.shape[-1]), "num_prefix_tokens": self.num_prefix_tokens,
+                "n_first_tokens": int(self.token_ratio.shape[-1]), "prefix_kinds": list(self.prefix_kinds),
                 "conventions": dict(self.conventions)}
 
     def plot(self, ax=None, **kwargs):
@@ -224,10 +232,8 @@ def new_accumulator(model: nn.Module, *, n_tokens: int = N_TOKENS, cnn_norm: str
     """An empty accumulator for ``model`` (its residual blocks and prefix tokens from its family adapter)."""
     adapter = adapter_for(model)
     blocks = adapter.residual_blocks()
-    prefix = 0
-    if blocks[0].layout != "channels":
-        prefix = adapter.token_layout().num_prefix_tokens
-    return SkipAccumulator(blocks, num_prefix_tokens=prefix, n_tokens=n_tokens, cnn_norm=cnn_norm)
+    prefix = adapter.token_layout().prefix_kinds if blocks[0].layout != "channels" else ()
+    return SkipAccumulator(blocks, prefix_kinds=prefix, n_tokens=n_tokens, cnn_norm=cnn_norm)
 
 
 def stream_skip(model: nn.Module, images, acc: SkipAccumulator, *, batch_size: int = 32,
