@@ -96,8 +96,9 @@ class SkipAccumulator:
         """One sub-layer's skip input and branch output for a batch (the capture's ``emit``)."""
         x, fx = x.detach().to(torch.float64), fx.detach().to(torch.float64)
         if self.cnn:
-            dims = (1,) if self.cnn_norm == "position" else (1, 2, 3)
-            r = norm_ratio(x.norm(dim=dims), fx.norm(dim=dims)).reshape(x.shape[0], -1)   # [batch, position]
+            if self.cnn_norm == "map":
+                x, fx = x.flatten(1), fx.flatten(1)                                      # [batch, c * h * w]
+            r = norm_ratio(x.norm(dim=1), fx.norm(dim=1)).reshape(x.shape[0], -1)       # [batch, position or 1]
             parts = [r]
         else:
             r = norm_ratio(x.norm(dim=-1), fx.norm(dim=-1))                             # [batch, token]
