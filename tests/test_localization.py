@@ -134,6 +134,11 @@ def test_result_is_frozen_and_the_model_untouched():
     f = r.to_frame()
     assert len(f) == 1 and f.own_patch_share.item() == r.own_patch_share
     assert len(r.pairs_frame()) == 256
+    from vitlens.plotting.localization import localization_figure
+
+    ax = r.plot(token=(1, 2))
+    np.testing.assert_allclose(ax.images[0].get_array(), r.cka[1, 2])
+    assert len([a for a in localization_figure([r, r]).axes if a.images]) == 2 * len(r.panel)
     with pytest.raises(ValueError, match="at least 4"):
         spatial_localization(m, batch("vit", 4), batch_size=3)
 

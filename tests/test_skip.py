@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torchvision
 import transformers as T
-from cli_runs import run
+from cli_runs import run, torchrun
 from conftest import batch, build
 from PIL import Image
 
@@ -379,6 +379,12 @@ def test_result_frames_and_dict():
     assert len(r.token_frame()) == 2 * 2 * 16
     assert r.to_dict()["prefix_kinds"] == ["cls"]
     assert isinstance(r, SkipRatios)
+    from vitlens.plotting.skip import plot_skip_tokens, skip_figure
+
+    ax = r.plot()
+    assert len(ax.get_lines()) == 4 and ax.get_yscale() == "log"     # attention/mlp x prefix/patch
+    assert plot_skip_tokens(r).images[0].get_array().shape == (4, 16)  # block x sub-layer rows, tokens
+    assert len(skip_figure([r, r]).axes) >= 3
 
 
 def test_windowed_and_parallel_blocks_are_refused():
@@ -438,3 +444,13 @@ def test_command_writes_the_files(tmp_path, images):
     assert rec["command"] == "skip" and [m["cnn_norm"] for m in rec["models"]] == ["position", "position"]
     assert run(["skip", "--model", "swin_tiny_patch4_window7_224", "--random-init", "--images", str(images),
                 "--out", str(tmp_path / "swin")]) == 2
+
+
+def test_two_processes_give_the_one_process_result(tmp_path, images):
+    argv = ["skip", "--model", "resnet18", "--random-init", "--images", str(images), "--batch-size", "2"]
+    torchrun(argv + ["--out", str(tmp_path / "two")])
+    assert run(argv + ["--out", str(tmp_path / "one")]) == 0
+    one, two = (pd.read_csv(tmp_path / d / "skip_ratio.csv") for d in ("one", "two"))
+    np.testing.assert_allclose(two.ratio, one.ratio, rtol=1e-5)
+    assert (two.n_images == 5).all()
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2

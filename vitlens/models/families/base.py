@@ -2,8 +2,8 @@
 
 A family adapter answers a few questions about one model object: its token layout, its attention
 blocks in forward order and how to read their exact post-softmax probabilities, its learned
-absolute position table, its block or stage outputs, its patch-embedding filters and its
-preprocessing. Analyses, jobs and plots talk to the adapter, never to the library.
+absolute position table, its block or stage outputs, where its residual branches join the stream,
+its patch-embedding filters and its preprocessing. Analyses, jobs and plots talk to the adapter, never to the library.
 """
 
 from __future__ import annotations
