@@ -454,3 +454,14 @@ def test_two_processes_give_the_one_process_result(tmp_path, images):
     np.testing.assert_allclose(two.ratio, one.ratio, rtol=1e-5)
     assert (two.n_images == 5).all()
     assert json.loads((tmp_path / "two" / "run.json").read_text())["processes"] == 2
+
+
+def test_a_post_norm_timm_block_reads_its_normalised_branches():
+    from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, block_fn=ResPostBlock).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x0 = _first_input(m, m.blocks[0], m, x)
+    per_token = _step(m.blocks, x0, lambda b, x: b.norm1(b.attn(x)), lambda b, x: b.norm2(b.mlp(x)))
+    _check(m, x, per_token, 1, ("prefix", "patch"))

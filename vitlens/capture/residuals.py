@@ -47,10 +47,10 @@ class ResidualCapture:
         self._handles: list = []
         self._active: ResidualBlock | None = None
         self._input: torch.Tensor | None = None
-        self._seen: dict[int, list[torch.Tensor]] = {}
+        self._seen: dict[tuple[int, str], list[torch.Tensor]] = {}
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _record(self, key: int, value) -> None:
+    def _record(self, key: tuple[int, str], value) -> None:
         if self._active is None:
             return
         if isinstance(value, (tuple, list)):
@@ -65,14 +65,14 @@ class ResidualCapture:
             self._input = None if x is None else x.detach().clone()
         return hook
 
-    def _on_site(self, module_id: int, where: str):
+    def _on_site(self, key: tuple[int, str], where: str):
         if where == "input":
             def pre(_module, args, kwargs):
-                self._record(module_id, _first_tensor(args, kwargs))
+                self._record(key, _first_tensor(args, kwargs))
             return pre
 
         def post(_module, _args, output):
-            self._record(module_id, output)
+            self._record(key, output)
         return post
 
     def _read(self, block: ResidualBlock, s: ResidualSite) -> torch.Tensor:
