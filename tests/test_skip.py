@@ -465,3 +465,31 @@ def test_a_post_norm_timm_block_reads_its_normalised_branches():
     x0 = _first_input(m, m.blocks[0], m, x)
     per_token = _step(m.blocks, x0, lambda b, x: b.norm1(b.attn(x)), lambda b, x: b.norm2(b.mlp(x)))
     _check(m, x, per_token, 1, ("prefix", "patch"))
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, images, monkeypatch):
+    import vitlens.jobs.skip as job
+    from vitlens.runtime.resume import StopRequest
+
+    class StopAfterTwo(StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterTwo.checks += 1
+            return StopAfterTwo.checks > 2
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    argv = ["skip", "--model", "resnet18", "--random-init", "--images", str(images), "--batch-size", "2"]
+    assert run(argv + ["--out", str(tmp_path / "full")]) == 0
+    monkeypatch.setattr(job, "StopRequest", StopAfterTwo)
+    assert run(argv + ["--out", str(tmp_path / "cut")]) == 130
+    assert not (tmp_path / "cut" / "skip_ratio.csv").exists()
+    monkeypatch.setattr(job, "StopRequest", StopRequest)
+    assert run(argv + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full, cut = (pd.read_csv(tmp_path / d / "skip_ratio.csv") for d in ("full", "cut"))
+    np.testing.assert_allclose(cut.ratio, full.ratio, rtol=1e-6)
+    assert (cut.n_images == 5).all()
