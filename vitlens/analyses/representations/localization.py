@@ -105,6 +105,7 @@ class TokenReader:
             grid, cell, kind = (h, w), (size[0] // h, size[1] // w), "cnn"
             feats = out.flatten(2).transpose(1, 2)
         elif out.ndim == 3 and self.vit:                                   # [batch, token, channel]
+            out = adapter_for(self.model).block_tokens(out)                # sequence-first towers turned
             lay = adapter_for(self.model).token_layout(size)
             if out.shape[1] != lay.num_tokens:
                 raise UnsupportedModelError(f"{self.layer} returns {out.shape[1]} tokens, not the {lay.num_tokens} "
