@@ -62,6 +62,7 @@ QUANTITIES = {
 }
 _ATTENTION_OPS = {"aten.bmm", "aten.baddbmm", "aten._scaled_dot_product_efficient_attention",
                   "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_cudnn_attention"}
+_WHOLE_UNITS = {"count", "FLOP", "bytes"}
 _TOKENS = {"pos_embed", "cls_token", "dist_token", "reg_token"}
 
 
@@ -313,6 +314,9 @@ class CostProfile:
 
         n = len(self.value)
         cols = {c: getattr(self, c) for c in COLUMNS if c not in ("device", "precision")}
+        # counts (parameters, FLOPs, bytes) as whole numbers, rates as float64: one object column
+        cols["value"] = pd.Series([int(v) if u in _WHOLE_UNITS else float(v) for v, u in zip(self.value, self.unit)],
+                                  dtype=object)
         return pd.DataFrame({**cols, "device": [self.device] * n, "precision": [self.precision] * n})[COLUMNS]
 
     def flop_shares(self, model: str) -> dict[str, np.ndarray]:
