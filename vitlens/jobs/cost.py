@@ -108,8 +108,9 @@ def register(subparsers, common) -> None:
                     "cost.png, cost.svg and run.json into --out.")
     add_model_arguments(p)
     p.add_argument("--random-init", action="store_true", help="random weights (costs do not depend on them)")
-    p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
-                   help="input sides in pixels (default: half, once and twice the first model's own)")
+    p.add_argument("--input-size", type=int, nargs="+", action="extend", metavar="PX",
+                   help="input sides in pixels, each measured (--input-size 224 320, or the flag repeated; "
+                        "default: half, once and twice the first model's own)")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per size (default 5)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed runs first (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
