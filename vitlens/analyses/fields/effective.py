@@ -93,7 +93,8 @@ class ReceptiveField:
 
     Attributes:
         model: the model's name.
-        kind: ``"cnn"`` (feature maps ``[batch, channel, h, w]``) or ``"vit"`` (tokens).
+        kind: ``"vit"`` for a transformer (tokens, or a windowed transformer's feature maps: Swin,
+            SAM), ``"cnn"`` for a convolutional network (feature maps ``[batch, channel, h, w]``).
         layers: module name of each measured layer.
         depth: 0-based depth of each layer (see the module docstring).
         depth_fraction: ``depth / (n - 1)``, 0 for the first layer of the model, 1 for the last.
@@ -471,7 +472,7 @@ class ReceptiveFieldAccumulator:
         }
         model = self.model
         return ReceptiveField(
-            model=model_name(model, name), kind="vit" if vit else "cnn",
+            model=model_name(model, name), kind="vit" if vit or self._feature_map is not None else "cnn",
             layers=tuple(order), depth=depth.astype(np.int64), depth_fraction=depth_fraction.astype(np.float64),
             spread_px=spread, r50_px=r50, r90_px=r90, spread_std_px=std, uniform_spread_px=uniform,
             theoretical_px=theo, theoretical_reason=reasons,
