@@ -5,10 +5,13 @@ on a deep copy in eval mode; the caller's model is never changed. A ViT's copy i
 ``set_input_size`` (the position table resampled, token count ``N`` following the patch grid); a CNN
 takes every size as it is. Conventions:
 
-- Parameters are split by the module that owns them, first match wins: ``attention`` (known attention
-  modules), ``mlp`` (a block's ``mlp``), ``embedding`` (patch embedding, ``pos_embed``, class,
-  distillation and register tokens; a hybrid's CNN stem counts as convolution), ``convolution``
-  (``nn.Conv*`` weights), ``other`` (norms, heads). The parts sum exactly to ``sum(p.numel())``.
+- Parameters of the image tower (the family adapter's ``image_tower``: a CLIP model's text tower is
+  not counted) are split by the module that owns them, first match wins: ``attention`` (known
+  attention modules), ``mlp`` (a block's ``mlp``), ``embedding`` (the adapter's
+  ``embedding_parameters``: patch embedding, position table, class, distillation and register
+  tokens, whatever the library calls them; a hybrid's CNN stem counts as convolution),
+  ``convolution`` (``nn.Conv*`` weights), ``other`` (norms, heads). The parts sum exactly to the
+  tower's ``sum(p.numel())``.
 - FLOPs (batch 1) come from ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix
   products and convolutions (2 per multiply-add) and nothing else (softmax, norms and GELU are not
   counted). The copy runs timm attention on its explicit path (``fused_attn=False``): on CPU the
@@ -78,18 +81,36 @@ def _kind(model: nn.Module) -> str:
         return "cnn"
 
 
+def _tower_and_embedding(model: nn.Module) -> tuple[list[str], set[str]]:
+    """The image tower's module names (``[""]``: the whole model) and the embedding's parameter names,
+    from the family adapter; timm's names for a module no family knows."""
+    from ..models.families.registry import adapter_for
+
+    try:
+        adapter = adapter_for(model)
+    except UnsupportedModelError:
+        names = [n for n, _ in model.named_parameters()]
+        return [""], {n for n in names if n in _TOKENS or (n.startswith("patch_embed.")
+                                                            and not n.startswith("patch_embed.backbone."))}
+    return adapter.image_tower(), set(adapter.embedding_parameters())
+
+
 def parameter_parts(model: nn.Module) -> dict[str, int]:
-    """Parameter count by part (see the module docstring); the parts sum to ``total``."""
+    """Parameter count by part (see the module docstring); the parts sum to ``total``. Only the image
+    tower is counted (what FLOPs, memory and throughput measure: a CLIP model's text tower is not)."""
     attn = [n for n, _ in attention_modules(model)] if _kind(model) == "vit" else []
+    towers, embedding = _tower_and_embedding(model)
     parts = dict.fromkeys(["attention", "mlp", "embedding", "convolution", "other"], 0)
     for name, p in model.named_parameters():
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         inside = lambda prefix: name.startswith(prefix + ".")  # noqa: E731
+        if not any(t == "" or inside(t) for t in towers):
+            continue
         if any(inside(a) for a in attn):
             part = "attention"
         elif re.search(r"(^|\.)mlp\.", name):
             part = "mlp"
-        elif name in _TOKENS or (inside("patch_embed") and not inside("patch_embed.backbone")):
+        elif name in embedding:
             part = "embedding"
         elif isinstance(model.get_submodule(owner), nn.modules.conv._ConvNd):
             part = "convolution"
