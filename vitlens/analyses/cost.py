@@ -3,7 +3,8 @@
 :func:`cost_profile` measures each model at each input side ``px`` (square inputs ``[batch, 3, px, px]``)
 on a deep copy in eval mode; the caller's model is never changed. A ViT's copy is resized with timm's
 ``set_input_size`` (the position table resampled, token count ``N`` following the patch grid); a CNN
-takes every size as it is. Conventions:
+takes every size as it is. Windowed transformers (Swin, SAM) are measured like ViTs: their window
+attention products are the ``attention`` FLOPs, and ``tokens`` is the first stage's map. Conventions:
 
 - Parameters of the image tower (the family adapter's ``image_tower``: a CLIP model's text tower is
   not counted) are split by the module that owns them, first match wins: ``attention`` (known
@@ -238,12 +239,36 @@ def _throughput(model: nn.Module, x: torch.Tensor, precision: str, repeats: int,
     return rates
 
 
-def own_px(model: nn.Module) -> int:
-    """The input side a model was built for: its token layout's for a ViT, else its preprocessing's."""
+def _window_layout(model: nn.Module, px: int | None = None):
+    """The window layout of a windowed transformer (Swin, SAM) for ``px`` inputs, else None."""
     from ..models.families.registry import adapter_for
 
     try:
-        return int(token_layout(model).input_size[-1])
+        adapter = adapter_for(model)
+    except UnsupportedModelError:
+        return None
+    return adapter.window_layout(px) if hasattr(adapter, "window_layout") else None
+
+
+def _tokens_and_stride(model: nn.Module, px: int | None = None) -> tuple[int, tuple[float, float]]:
+    """``(tokens, patch stride)`` of a transformer at ``px``: its token layout's, or for a windowed model
+    the tokens of its first stage's map (every token a window attends among) and that map's stride."""
+    windows = _window_layout(model, px)
+    if windows is not None:
+        g = windows[0]
+        return int(g.grid_size[0] * g.grid_size[1]), tuple(g.stride)
+    lay = token_layout(model, px)
+    return int(lay.num_tokens), tuple(lay.patch_stride)
+
+
+def own_px(model: nn.Module) -> int:
+    """The input side a model was built for: its token (or window) layout's for a transformer, else
+    its preprocessing's."""
+    from ..models.families.registry import adapter_for
+
+    try:
+        windows = _window_layout(model)
+        return int((windows.input_size if windows is not None else token_layout(model).input_size)[-1])
     except UnsupportedModelError:
         pass
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
@@ -261,19 +286,27 @@ def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
     if isinstance(px, bool) or not isinstance(px, (int, np.integer)) or px <= 0:
         raise VitlensError(f"input sizes must be positive whole numbers of pixels, got {px!r}.")
     if kind == "vit":
-        stride = token_layout(model).patch_stride
+        _, stride = _tokens_and_stride(model)
         if px % stride[0] or px % stride[1]:
             raise VitlensError(f"{name} cannot take {px} px inputs: its patches are {stride[0]:g} px apart, so "
                                "the input side must be a multiple of that; choose another input size.")
-        if own_px(model) != px and not hasattr(model, "set_input_size"):
+        if own_px(model) != px and not hasattr(model, "set_input_size") and not _takes_any_size(model, px):
             raise UnsupportedModelError(f"{name} ({type(model).__name__}) cannot be resized to {px} px inputs; "
                                         f"measure it at its own size, {own_px(model)} px.")
+
+
+def _takes_any_size(model: nn.Module, px: int) -> bool:
+    """Whether a windowed model takes ``px`` inputs as it is (transformers' Swin pads its maps)."""
+    try:
+        return _window_layout(model, px) is not None and not hasattr(model, "set_input_size")
+    except UnsupportedModelError:
+        return False
 
 
 def _sized(model: nn.Module, kind: str, px: int, device) -> nn.Module:
     """A deep copy of ``model`` in eval mode on ``device``, a ViT's set to take ``px`` inputs."""
     m = copy.deepcopy(model).to(device).eval()
-    if kind == "vit" and own_px(m) != px:
+    if kind == "vit" and own_px(m) != px and hasattr(m, "set_input_size"):
         m.set_input_size(img_size=(px, px))  # timm: the position table resampled the library's way
     return m
 
@@ -292,7 +325,7 @@ class CostProfile:
     model: np.ndarray
     kind: np.ndarray
     input_px: np.ndarray
-    tokens: np.ndarray            # N for ViTs (prefix tokens included), -1 for CNNs
+    tokens: np.ndarray            # N for ViTs (prefix tokens included), the first stage's map for windowed ones, -1 for CNNs
     quantity: np.ndarray
     part: np.ndarray
     value: np.ndarray
@@ -487,7 +520,7 @@ def cost_profile(model: nn.Module | Sequence[nn.Module], input_sizes: Sequence[i
         for px in input_sizes:
             try:
                 m = _sized(model_, kind, int(px), dev)
-                tokens = token_layout(m).num_tokens if kind == "vit" else -1
+                tokens = _tokens_and_stride(m, int(px))[0] if kind == "vit" else -1
                 got, method = _measure(m, kind, int(px), batch_size, precision, repeats, warmup, measure_memory,
                                        measure_throughput, gen)
             except (RuntimeError, AssertionError) as e:
