@@ -37,6 +37,50 @@ COMMAND_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that remembers, for one parse, which options were given: see :func:`_once`."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given: dict[str, object] = {}
+        return super().parse_known_args(args, namespace)
+
+
+class _OnceMixin:
+    """Refuse an option given a second time, naming it (argparse keeps the last value silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(parser, "_given", None)
+        if given is not None:
+            if self.dest in given:
+                flag = option_string or "/".join(self.option_strings)
+                several = " (it takes several values after one flag)" if self.nargs in ("+", "*") else ""
+                raise argparse.ArgumentError(self, f"given more than once ({_shown(given[self.dest])} and "
+                                                   f"{_shown(values)}); give {flag} once{several}.")
+            given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _shown(values) -> str:
+    return " ".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
+
+
+_ONCE_CLASSES: dict[type, type] = {}
+
+
+def _once(parser: argparse.ArgumentParser) -> None:
+    """Make every option of ``parser`` that takes values either accumulate (``append``/``extend``
+    actions: ``--model``, ``--images``, cost's ``--input-size``) or refuse a repeat with an error
+    naming it. Flags without values (``--overwrite``) mean the same given once or twice."""
+    for a in parser._actions:
+        if not a.option_strings or a.nargs == 0 or isinstance(a, (argparse._AppendAction, argparse._ExtendAction,
+                                                                  argparse._CountAction, _OnceMixin)):
+            continue
+        cls = type(a)
+        if cls not in _ONCE_CLASSES:
+            _ONCE_CLASSES[cls] = type(f"Once{cls.__name__}", (_OnceMixin, cls), {})
+        a.__class__ = _ONCE_CLASSES[cls]
+
+
 def _common(models: bool = True, images: bool = False, out: bool = True,
             seed: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
@@ -100,7 +144,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``command``, only that analysis command is fully built (its module is
     imported) and the others are listed by name and help alone."""
     from . import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vitlens", description="See inside Vision Transformers: attention distance, position "
         "embeddings, rollout, and ViT-vs-CNN locality, on timm models.")
     parser.add_argument("--version", action="version", version=f"vitlens {__version__}")
@@ -123,6 +167,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             register_function(name)(sub, _common)
         else:
             sub.add_parser(name, help=text, add_help=False)
+    for p in sub.choices.values():
+        _once(p)
     return parser
 
 

@@ -3,12 +3,16 @@
 :func:`cost_profile` measures each model at each input side ``px`` (square inputs ``[batch, 3, px, px]``)
 on a deep copy in eval mode; the caller's model is never changed. A ViT's copy is resized with timm's
 ``set_input_size`` (the position table resampled, token count ``N`` following the patch grid); a CNN
-takes every size as it is. Conventions:
+takes every size as it is. Windowed transformers (Swin, SAM) are measured like ViTs: their window
+attention products are the ``attention`` FLOPs, and ``tokens`` is the first stage's map. Conventions:
 
-- Parameters are split by the module that owns them, first match wins: ``attention`` (known attention
-  modules), ``mlp`` (a block's ``mlp``), ``embedding`` (patch embedding, ``pos_embed``, class,
-  distillation and register tokens; a hybrid's CNN stem counts as convolution), ``convolution``
-  (``nn.Conv*`` weights), ``other`` (norms, heads). The parts sum exactly to ``sum(p.numel())``.
+- Parameters of the image tower (the family adapter's ``image_tower``: a CLIP model's text tower is
+  not counted) are split by the module that owns them, first match wins: ``attention`` (known
+  attention modules), ``mlp`` (a block's ``mlp``), ``embedding`` (the adapter's
+  ``embedding_parameters``: patch embedding, position table, class, distillation and register
+  tokens, whatever the library calls them; a hybrid's CNN stem counts as convolution),
+  ``convolution`` (``nn.Conv*`` weights), ``other`` (norms, heads). The parts sum exactly to the
+  tower's ``sum(p.numel())``.
 - FLOPs (batch 1) come from ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix
   products and convolutions (2 per multiply-add) and nothing else (softmax, norms and GELU are not
   counted). The copy runs timm attention on its explicit path (``fused_attn=False``): on CPU the
@@ -23,14 +27,18 @@ takes every size as it is. Conventions:
   frees that ``torch.profiler`` records (``profile_memory=True``). The CSV ``part`` names the
   method. ViTs are measured on the fused path and on the explicit one, which forms the
   ``[batch, head, N, N]`` attention maps; ``attention_map_memory`` is the difference.
-- Throughput: images per second at ``batch_size``, the median (and min, max) of ``repeats`` timed
-  passes after ``warmup``, attention as the model ships, under autocast ``precision``.
+- Throughput: images per second at ``batch_size``, attention as the model ships, under autocast
+  ``precision``: ``warmup`` untimed rounds, then ``repeats`` rounds that each time one pass of every
+  input size in turn (interleaved, so a busy spell on the machine falls on all sizes alike); the
+  best round (``best``) is the figure, with the median and the slowest and fastest rounds as its
+  spread. The load averages before and after the timings are kept (``load_average``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 import statistics
 import time
@@ -58,10 +66,12 @@ QUANTITIES = {
     "peak_memory": "peak forward activation memory (fused attention for ViTs); part = method",
     "peak_memory_explicit": "the same with explicit attention maps (ViTs); part = method",
     "attention_map_memory": "peak_memory_explicit minus peak_memory (ViTs); part = method",
-    "throughput": "images per second at batch_size; part median, min, max",
+    "throughput": "images per second at batch_size, sizes interleaved round by round; part best (the fastest "
+                  "round), median, min (slowest round), max (= best)",
 }
 _ATTENTION_OPS = {"aten.bmm", "aten.baddbmm", "aten._scaled_dot_product_efficient_attention",
                   "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_cudnn_attention"}
+_WHOLE_UNITS = {"count", "FLOP", "bytes"}
 _TOKENS = {"pos_embed", "cls_token", "dist_token", "reg_token"}
 
 
@@ -77,18 +87,36 @@ def _kind(model: nn.Module) -> str:
         return "cnn"
 
 
+def _tower_and_embedding(model: nn.Module) -> tuple[list[str], set[str]]:
+    """The image tower's module names (``[""]``: the whole model) and the embedding's parameter names,
+    from the family adapter; timm's names for a module no family knows."""
+    from ..models.families.registry import adapter_for
+
+    try:
+        adapter = adapter_for(model)
+    except UnsupportedModelError:
+        names = [n for n, _ in model.named_parameters()]
+        return [""], {n for n in names if n in _TOKENS or (n.startswith("patch_embed.")
+                                                            and not n.startswith("patch_embed.backbone."))}
+    return adapter.image_tower(), set(adapter.embedding_parameters())
+
+
 def parameter_parts(model: nn.Module) -> dict[str, int]:
-    """Parameter count by part (see the module docstring); the parts sum to ``total``."""
+    """Parameter count by part (see the module docstring); the parts sum to ``total``. Only the image
+    tower is counted (what FLOPs, memory and throughput measure: a CLIP model's text tower is not)."""
     attn = [n for n, _ in attention_modules(model)] if _kind(model) == "vit" else []
+    towers, embedding = _tower_and_embedding(model)
     parts = dict.fromkeys(["attention", "mlp", "embedding", "convolution", "other"], 0)
     for name, p in model.named_parameters():
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         inside = lambda prefix: name.startswith(prefix + ".")  # noqa: E731
+        if not any(t == "" or inside(t) for t in towers):
+            continue
         if any(inside(a) for a in attn):
             part = "attention"
         elif re.search(r"(^|\.)mlp\.", name):
             part = "mlp"
-        elif name in _TOKENS or (inside("patch_embed") and not inside("patch_embed.backbone")):
+        elif name in embedding:
             part = "embedding"
         elif isinstance(model.get_submodule(owner), nn.modules.conv._ConvNd):
             part = "convolution"
@@ -201,27 +229,80 @@ def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
     return int(max(0, running.max())), "cpu-profiler"
 
 
-def _throughput(model: nn.Module, x: torch.Tensor, precision: str, repeats: int, warmup: int) -> list[float]:
-    """Images per second of ``repeats`` timed passes of ``x`` ``[batch, 3, height, width]``."""
-    rates, sync = [], (torch.cuda.synchronize if x.device.type == "cuda" else lambda: None)
-    forward = forward_of(model)
-    with torch.no_grad(), autocast(x.device, precision):
-        for i in range(warmup + repeats):
+def _interleaved_rates(runs: Sequence[tuple], repeats: int, warmup: int, *, clock=time.perf_counter,
+                       sync=lambda: None) -> list[list[float]]:
+    """Images per second of every ``(forward, x)`` in ``runs`` (one per input size, ``x``
+    ``[batch, 3, px, px]``), ``[run][round]``: ``warmup`` untimed rounds, then ``repeats`` rounds that
+    each time one pass of every run in turn. A busy spell on the machine then falls on every size
+    alike, not on one size measured in sequence."""
+    for _ in range(warmup):
+        for forward, x in runs:
+            forward(x)
+    rates: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, (forward, x) in enumerate(runs):
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             forward(x)
             sync()
-            if i >= warmup:
-                rates.append(x.shape[0] / max(time.perf_counter() - t0, 1e-9))
+            rates[i].append(x.shape[0] / max(clock() - t0, 1e-9))
     return rates
 
 
-def own_px(model: nn.Module) -> int:
-    """The input side a model was built for: its token layout's for a ViT, else its preprocessing's."""
+def _load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _throughput_rows(sized: Sequence[tuple[int, nn.Module]], batch_size: int, precision: str, repeats: int,
+                     warmup: int, gen: torch.Generator) -> list[tuple]:
+    """``(px, quantity, part, value, unit, batch)`` throughput rows of one model's sized copies: the
+    best round, the median and the slowest (``min``) and fastest (``max``) rounds."""
+    dev = next(sized[0][1].parameters()).device
+    runs = [(forward_of(m), torch.randn(batch_size, 3, px, px, generator=gen).to(dev)) for px, m in sized]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with torch.no_grad(), autocast(dev, precision):
+        rates = _interleaved_rates(runs, repeats, warmup, sync=sync)
+    rows = []
+    for (px, _), r in zip(sized, rates):
+        rows += [(px, "throughput", p, v, "images/s", batch_size) for p, v in
+                 (("best", max(r)), ("median", statistics.median(r)), ("min", min(r)), ("max", max(r)))]
+    return rows
+
+
+def _window_layout(model: nn.Module, px: int | None = None):
+    """The window layout of a windowed transformer (Swin, SAM) for ``px`` inputs, else None."""
     from ..models.families.registry import adapter_for
 
     try:
-        return int(token_layout(model).input_size[-1])
+        adapter = adapter_for(model)
+    except UnsupportedModelError:
+        return None
+    return adapter.window_layout(px) if hasattr(adapter, "window_layout") else None
+
+
+def _tokens_and_stride(model: nn.Module, px: int | None = None) -> tuple[int, tuple[float, float]]:
+    """``(tokens, patch stride)`` of a transformer at ``px``: its token layout's, or for a windowed model
+    the tokens of its first stage's map (every token a window attends among) and that map's stride."""
+    windows = _window_layout(model, px)
+    if windows is not None:
+        g = windows[0]
+        return int(g.grid_size[0] * g.grid_size[1]), tuple(g.stride)
+    lay = token_layout(model, px)
+    return int(lay.num_tokens), tuple(lay.patch_stride)
+
+
+def own_px(model: nn.Module) -> int:
+    """The input side a model was built for: its token (or window) layout's for a transformer, else
+    its preprocessing's."""
+    from ..models.families.registry import adapter_for
+
+    try:
+        windows = _window_layout(model)
+        return int((windows.input_size if windows is not None else token_layout(model).input_size)[-1])
     except UnsupportedModelError:
         pass
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
@@ -239,19 +320,27 @@ def _check_size(model: nn.Module, kind: str, px, name: str) -> None:
     if isinstance(px, bool) or not isinstance(px, (int, np.integer)) or px <= 0:
         raise VitlensError(f"input sizes must be positive whole numbers of pixels, got {px!r}.")
     if kind == "vit":
-        stride = token_layout(model).patch_stride
+        _, stride = _tokens_and_stride(model)
         if px % stride[0] or px % stride[1]:
             raise VitlensError(f"{name} cannot take {px} px inputs: its patches are {stride[0]:g} px apart, so "
                                "the input side must be a multiple of that; choose another input size.")
-        if own_px(model) != px and not hasattr(model, "set_input_size"):
+        if own_px(model) != px and not hasattr(model, "set_input_size") and not _takes_any_size(model, px):
             raise UnsupportedModelError(f"{name} ({type(model).__name__}) cannot be resized to {px} px inputs; "
                                         f"measure it at its own size, {own_px(model)} px.")
+
+
+def _takes_any_size(model: nn.Module, px: int) -> bool:
+    """Whether a windowed model takes ``px`` inputs as it is (transformers' Swin pads its maps)."""
+    try:
+        return _window_layout(model, px) is not None and not hasattr(model, "set_input_size")
+    except UnsupportedModelError:
+        return False
 
 
 def _sized(model: nn.Module, kind: str, px: int, device) -> nn.Module:
     """A deep copy of ``model`` in eval mode on ``device``, a ViT's set to take ``px`` inputs."""
     m = copy.deepcopy(model).to(device).eval()
-    if kind == "vit" and own_px(m) != px:
+    if kind == "vit" and own_px(m) != px and hasattr(m, "set_input_size"):
         m.set_input_size(img_size=(px, px))  # timm: the position table resampled the library's way
     return m
 
@@ -270,7 +359,7 @@ class CostProfile:
     model: np.ndarray
     kind: np.ndarray
     input_px: np.ndarray
-    tokens: np.ndarray            # N for ViTs (prefix tokens included), -1 for CNNs
+    tokens: np.ndarray            # N for ViTs (prefix tokens included), the first stage's map for windowed ones, -1 for CNNs
     quantity: np.ndarray
     part: np.ndarray
     value: np.ndarray
@@ -283,6 +372,7 @@ class CostProfile:
     own_px: tuple[tuple[str, int], ...]
     repeats: int
     warmup: int
+    load_average: dict | None = None   # 1/5/15-minute load averages before and after the timings
 
     def __post_init__(self):
         for f in ("model", "kind", "input_px", "tokens", "quantity", "part", "value", "unit", "batch_size"):
@@ -313,6 +403,9 @@ class CostProfile:
 
         n = len(self.value)
         cols = {c: getattr(self, c) for c in COLUMNS if c not in ("device", "precision")}
+        # counts (parameters, FLOPs, bytes) as whole numbers, rates as float64: one object column
+        cols["value"] = pd.Series([int(v) if u in _WHOLE_UNITS else float(v) for v, u in zip(self.value, self.unit)],
+                                  dtype=object)
         return pd.DataFrame({**cols, "device": [self.device] * n, "precision": [self.precision] * n})[COLUMNS]
 
     def flop_shares(self, model: str) -> dict[str, np.ndarray]:
@@ -348,7 +441,8 @@ class CostProfile:
         return {"models": {m: self.kind_of(m) for m in self.models}, "quantities": QUANTITIES,
                 "device": self.device, "precision": self.precision, "torch_threads": self.threads,
                 "memory_method": self.memory_method, "own_px": dict(self.own_px), "repeats": self.repeats,
-                "warmup": self.warmup, "reading": self.reading()}
+                "warmup": self.warmup, "throughput_rounds": "sizes interleaved: each round times every size in turn",
+                "load_average": self.load_average, "reading": self.reading()}
 
     def reading(self) -> list[str]:
         """Sentences worded only from the numbers measured."""
@@ -386,12 +480,16 @@ class CostProfile:
                        f"over {len(px)} sizes)." if e is not None else f"{m}: one size measured, no growth exponent.")
         where = (f"a CPU figure, {self.threads} torch thread{'s' * (self.threads != 1)}"
                  if self.device.startswith("cpu") else f"on {self.device}")
+        busy = ""
+        load = (self.load_average or {}).get("before_timing")
+        if load and self.device.startswith("cpu"):
+            busy = f", load average {load[0]:.2f} on {os.cpu_count()} CPUs"
         for m in self.models:
-            px, _, med = self.select(m, "throughput", "median")
+            px, _, best = self.select(m, "throughput", "best")
             if len(px):
-                lo, hi = self.select(m, "throughput", "min")[2], self.select(m, "throughput", "max")[2]
-                out.append(f"{m}: {med[-1]:.1f} images/s at {px[-1]} px, batch {b} (median of {self.repeats} "
-                           f"runs, {lo[-1]:.1f} to {hi[-1]:.1f}; {self.precision}, {where}).")
+                lo = self.select(m, "throughput", "min")[2]
+                out.append(f"{m}: {best[-1]:.1f} images/s at {px[-1]} px, batch {b} (best of {self.repeats} rounds "
+                           f"interleaved with the other sizes, slowest {lo[-1]:.1f}; {self.precision}, {where}{busy}).")
         return out
 
     def plot(self, ax=None, **kwargs):
@@ -400,8 +498,8 @@ class CostProfile:
         return plot_flops(self, ax=ax, **kwargs)
 
 
-def _measure(m: nn.Module, kind: str, px: int, batch_size: int, precision: str, repeats: int, warmup: int,
-             memory: bool, throughput: bool, gen: torch.Generator):
+def _measure(m: nn.Module, kind: str, px: int, batch_size: int, memory: bool, precision: str,
+             gen: torch.Generator):
     """``(quantity, part, value, unit, batch)`` rows of one sized copy ``m``, and the memory method."""
     dev = next(m.parameters()).device
     x1 = torch.randn(1, 3, px, px, generator=gen).to(dev)         # [1, 3, px, px]
@@ -419,10 +517,6 @@ def _measure(m: nn.Module, kind: str, px: int, batch_size: int, precision: str, 
         if kind == "vit":
             rows += [("peak_memory_explicit", method, explicit, "bytes", b),
                      ("attention_map_memory", method, explicit - fused, "bytes", b)]
-    if throughput:
-        rates = _throughput(m, xb, precision, repeats, warmup)
-        rows += [("throughput", p, v, "images/s", batch_size)
-                 for p, v in (("median", statistics.median(rates)), ("min", min(rates)), ("max", max(rates)))]
     return rows, method
 
 
@@ -458,17 +552,29 @@ def cost_profile(model: nn.Module | Sequence[nn.Module], input_sizes: Sequence[i
         for px in input_sizes:
             _check_size(m, k, px, n)
     rows, method, input_sizes = [], "not measured", list(dict.fromkeys(int(px) for px in input_sizes))
+    load = {"before_timing": None, "after_timing": None}
     for model_, name, kind in zip(models, names, kinds):
+        sized, tokens_at = [], {}
         for px in input_sizes:
             try:
                 m = _sized(model_, kind, int(px), dev)
-                tokens = token_layout(m).num_tokens if kind == "vit" else -1
-                got, method = _measure(m, kind, int(px), batch_size, precision, repeats, warmup, measure_memory,
-                                       measure_throughput, gen)
+                tokens_at[px] = _tokens_and_stride(m, int(px))[0] if kind == "vit" else -1
+                got, method = _measure(m, kind, int(px), batch_size, measure_memory, precision, gen)
             except (RuntimeError, AssertionError) as e:
                 raise VitlensError(f"{name} cannot take {px} px inputs: {str(e).splitlines()[0]}") from e
-            rows += [(name, kind, int(px), tokens, *r) for r in got]
+            rows += [(name, kind, int(px), tokens_at[px], *r) for r in got]
+            if measure_throughput:
+                sized.append((int(px), m))
+        if sized:  # every size in turn, round after round
+            load["before_timing"] = load["before_timing"] or _load_average()
+            try:
+                got = _throughput_rows(sized, batch_size, precision, repeats, warmup, gen)
+            except (RuntimeError, AssertionError) as e:
+                raise VitlensError(f"{name} failed while timed: {str(e).splitlines()[0]}") from e
+            rows += [(name, kind, px, tokens_at[px], *r) for px, *r in got]
+            load["after_timing"] = _load_average()
+        del sized
     cols = [np.array(c) for c in zip(*rows)]
     return CostProfile(*cols, device=str(dev), precision=precision, threads=torch.get_num_threads(),
                        memory_method=method, own_px=tuple((n, own_px(m)) for n, m in zip(names, models)),
-                       repeats=repeats, warmup=warmup)
+                       repeats=repeats, warmup=warmup, load_average=load)

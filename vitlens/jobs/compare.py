@@ -41,10 +41,21 @@ def check_vit(model: nn.Module, flag: str = "--vit") -> None:
 
 def check_cnn(model: nn.Module, flag: str = "--cnn") -> None:
     """Refuse a Vision Transformer given as a CNN, and a model whose stages vitlens does not know."""
-    if is_vit(model):
-        raise UnsupportedModelError(f"{flag} {display_name(model)} is a Vision Transformer; pass it with --vit, "
+    from ..models.families.registry import adapter_for
+
+    windowed = hasattr(_adapter_or_none(model, adapter_for), "window_layout")
+    if is_vit(model) or windowed:
+        kind = "windowed Vision Transformer" if windowed else "Vision Transformer"
+        raise UnsupportedModelError(f"{flag} {display_name(model)} is a {kind}; pass it with --vit, "
                                     "which measures its attention distance as well as its receptive field.")
     default_layers(model)
+
+
+def _adapter_or_none(model: nn.Module, adapter_for):
+    try:
+        return adapter_for(model)
+    except UnsupportedModelError:
+        return None
 
 
 def measure_locality(vits: Sequence[nn.Module], cnns: Sequence[nn.Module], args: argparse.Namespace, *,

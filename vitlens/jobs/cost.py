@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..analyses.cost import CostProfile, cost_profile, own_px
+from ..analyses.cost import CostProfile, _load_average, cost_profile, own_px
 from ..models.layout import is_vit, token_layout
 from ..runtime.errors import UnsupportedModelError, VitlensError
 from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
@@ -39,10 +39,11 @@ def _check_sizes(sizes: Sequence[int]) -> list[int]:
 
 
 def machine_record(device: str, precision: str) -> dict:
-    """Where the timings were taken: platform, CPU count, torch threads and version, device, precision."""
+    """Where the timings were taken: platform, CPU count, torch threads and version, device, precision, and
+    the 1, 5 and 15 minute load averages at the start (the profile adds those around the timings)."""
     rec = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "device": str(device), "precision": precision}
+           "device": str(device), "precision": precision, "load_average_at_start": _load_average()}
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         rec["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return rec
@@ -108,8 +109,9 @@ def register(subparsers, common) -> None:
                     "cost.png, cost.svg and run.json into --out.")
     add_model_arguments(p)
     p.add_argument("--random-init", action="store_true", help="random weights (costs do not depend on them)")
-    p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
-                   help="input sides in pixels (default: half, once and twice the first model's own)")
+    p.add_argument("--input-size", type=int, nargs="+", action="extend", metavar="PX",
+                   help="input sides in pixels, each measured (--input-size 224 320, or the flag repeated; "
+                        "default: half, once and twice the first model's own)")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per size (default 5)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed runs first (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")

@@ -116,7 +116,7 @@ def _summary(r: AttentionDistance) -> str:
         return (f"{r.model}: {r.n_images} images, {r.num_layers} attention blocks in {len(set(r.stage.tolist()))} "
                 f"stages; mean distance {per_layer[0]:.1f} {r.units} in block 1 (uniform window: "
                 f"{r.uniform_by_layer[0]:.1f}) to {per_layer[-1]:.1f} {r.units} in block {r.num_layers} "
-                f"(uniform window: {r.uniform_by_layer[-1]:.1f})")
+                f"(uniform over its allowed keys: {r.uniform_by_layer[-1]:.1f})")
     per_layer = r.distance.mean(1)
     return (f"{r.model}: {r.n_images} images, {r.num_layers} layers x {r.num_heads} heads; mean distance "
             f"{per_layer[0]:.1f} {r.units} in layer 1 to {per_layer[-1]:.1f} {r.units} in layer {r.num_layers} "

@@ -72,12 +72,25 @@ def model_info(name: str, *, checkpoint: str | None = None, input_size=None, dev
     except UnsupportedModelError as e:
         lines.append(f"  attention blocks: none ({e})")
     else:
-        heads = {b.num_heads for b in _blocks(model)}
         kinds = sorted({type(m).__name__ for _, m in mods})
         lines.append(f"  attention blocks: {len(mods)} ({', '.join(kinds)}; heads per block: "
-                     f"{', '.join(map(str, sorted(heads, key=str)))}), "
+                     f"{_heads_per_block([b.num_heads for b in _blocks(model)])}), "
                      f"first {mods[0][0]}, last {mods[-1][0]}")
     return "\n".join(lines)
+
+
+def _heads_per_block(heads: list[int]) -> str:
+    """Head counts in forward order, each with the blocks (counted from 1) that have it:
+    ``"3 (blocks 1-2), 6 (blocks 3-4)"``; one count alone when every block has it."""
+    if len(set(heads)) <= 1:
+        return str(heads[0]) if heads else "none"
+    runs: list[list[int]] = []  # [heads, first block, last block]
+    for i, h in enumerate(heads, start=1):
+        if runs and runs[-1][0] == h:
+            runs[-1][2] = i
+        else:
+            runs.append([h, i, i])
+    return ", ".join(f"{h} (block{'s' * (a != b)} {a}{f'-{b}' if a != b else ''})" for h, a, b in runs)
 
 
 def _weights(w: str) -> str:

@@ -94,15 +94,15 @@ def plot_attention_share(profile, ax=None):
 
 
 def plot_throughput(profile, ax=None):
-    """x = input side (px, log), y = images per second (log) at the batch size measured, median with
-    min-max bars. Returns the axes."""
+    """x = input side (px, log), y = images per second (log) at the batch size measured: the best of
+    the interleaved rounds, with a bar down to the slowest round. Returns the axes."""
     ax = new_axes(ax)
     for m, c in _colors(profile).items():
-        px, _, med = profile.select(m, "throughput", "median")
+        px, _, best = profile.select(m, "throughput", "best")
         if not len(px):
             continue
-        lo, hi = profile.select(m, "throughput", "min")[2], profile.select(m, "throughput", "max")[2]
-        ax.errorbar(px, med, yerr=np.vstack([med - lo, hi - med]), color=c, marker=_marker(profile, m), lw=1.6,
+        lo = profile.select(m, "throughput", "min")[2]
+        ax.errorbar(px, best, yerr=np.vstack([best - lo, 0 * best]), color=c, marker=_marker(profile, m), lw=1.6,
                     capsize=3, label=_label(profile, m))
     _px_axis(ax, profile)
     ax.set_yscale("log")

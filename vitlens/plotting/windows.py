@@ -1,5 +1,5 @@
 """Figures for windowed mean attention distance (Swin, Swin-V2, SAM's encoder): depth across all
-stages, stage boundaries marked, and each block's uniform-window reference drawn."""
+stages, stage boundaries marked, and each block's uniform-attention reference drawn."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def plot_windowed_distance(result, ax=None, *, color: str | None = None, show_me
                            reference: bool = True, label: str | None = None):
     """x = attention block in forward order across all stages (1-based), y = mean attention distance;
     one dot per head. Dotted vertical lines separate stages; the dashed step line is each block's
-    uniform attention over one un-shifted window (over the whole map for a global block).
+    reference, uniform attention over the keys its own mask allows (one window; the query's shift
+    region in a shifted block; the whole map in a global block).
     Returns the axes."""
     ax = new_axes(ax, figsize=(7.0, 4.2))
     color = color or MODEL_COLORS[0]
@@ -41,7 +42,7 @@ def plot_windowed_distance(result, ax=None, *, color: str | None = None, show_me
     if reference:
         u = np.asarray(result.uniform_by_layer, dtype=float)
         ax.step(np.concatenate([[0.5], x + 0.5]), np.concatenate([u[:1], u]), where="pre", color="0.4",
-                ls="--", lw=1, label="uniform attention over one window")
+                ls="--", lw=1, label="uniform attention over the keys each block's mask allows")
         top = max(top, float(np.nanmax(u)))
     stages = np.asarray(result.stage)
     for boundary in np.flatnonzero(np.diff(stages)) + 1:

@@ -83,9 +83,12 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def save_csv(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas frame as CSV with a fixed float format, so identical runs give identical files."""
+    """Write a pandas frame as CSV at full precision: whole numbers as written, each float64 as the
+    shortest decimal that reads back to the same bits (Python's ``repr``), so counts stay exact,
+    values round-trip (``pd.read_csv(..., float_precision="round_trip")``) and identical runs give
+    identical files. Every CSV vitlens writes goes through here."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+        frame.to_csv(tmp, index=False)
     return Path(path)
 
 

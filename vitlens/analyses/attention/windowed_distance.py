@@ -106,7 +106,8 @@ class WindowedAttentionDistance(AttentionDistance):
         stage: ``[layer]`` 0-based stage of each block.
         block: ``[layer]`` 0-based index of each block within its stage.
         heads: ``[layer]`` head count of each block.
-        uniform_by_layer: ``[layer]`` uniform attention over one un-shifted window of each block, in ``units``.
+        uniform_by_layer: ``[layer]`` each block's reference, uniform attention over the keys its own
+            mask allows (:func:`~vitlens.models.windows.window_uniform_distance`), in ``units``.
     """
 
     stage: np.ndarray = field(default_factory=_ints)
@@ -119,7 +120,7 @@ class WindowedAttentionDistance(AttentionDistance):
             getattr(self, name).setflags(write=False)
 
     def stage_uniform(self) -> dict[int, float]:
-        """Each stage's reference: uniform attention over one window of its first block."""
+        """Each stage's reference: its first (unshifted) block's, uniform attention over one window."""
         out: dict[int, float] = {}
         for s, u in zip(self.stage.tolist(), self.uniform_by_layer.tolist()):
             out.setdefault(int(s), float(u))

@@ -93,7 +93,8 @@ class ReceptiveField:
 
     Attributes:
         model: the model's name.
-        kind: ``"cnn"`` (feature maps ``[batch, channel, h, w]``) or ``"vit"`` (tokens).
+        kind: ``"vit"`` for a transformer (tokens, or a windowed transformer's feature maps: Swin,
+            SAM), ``"cnn"`` for a convolutional network (feature maps ``[batch, channel, h, w]``).
         layers: module name of each measured layer.
         depth: 0-based depth of each layer (see the module docstring).
         depth_fraction: ``depth / (n - 1)``, 0 for the first layer of the model, 1 for the last.
@@ -301,8 +302,14 @@ class ReceptiveFieldAccumulator:
         if device is None:
             device = params.device if params is not None else torch.device("cpu")
         self.device = torch.device(device)
-        self.channels_last = (getattr(model, "output_fmt", "NCHW") == "NHWC" and not self.vit
-                              and self._feature_map is None)
+        # channels-last layers ([batch, height, width, channel]: torchvision's Swin, timm's NHWC
+        # models), read in their own layout as the family adapter declares it
+        self.channels_last: set[str] = set()
+        if not self.vit and self._feature_map is None:
+            if adapter is not None:
+                self.channels_last = {l for l in layers if adapter.output_layout(l) == "NHWC"}
+            elif getattr(model, "output_fmt", "NCHW") == "NHWC":
+                self.channels_last = set(layers)
         self.setup: list[_Layer] | None = None
         self.input_size: tuple[int, int] | None = None
         self.map_sum = self.spread_sum = self.spread_sumsq = self.spread_count = None
@@ -312,14 +319,15 @@ class ReceptiveFieldAccumulator:
 
     def _maps(self, outs: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Block outputs as the accumulator reads them: feature maps ``[batch, channel, h, w]`` for
-        windowed models (their adapter's ``feature_map``), as captured otherwise."""
+        windowed models (their adapter's ``feature_map``) and channels-last layers (permuted), as
+        captured otherwise."""
         if self._feature_map is None:
-            return outs
+            return {n: o.permute(0, 3, 1, 2) if n in self.channels_last and o.ndim == 4 else o
+                    for n, o in outs.items()}
         return {n: self._feature_map(n, o, size) for n, o in outs.items()}
 
     def _capture(self) -> OutputCapture:
-        return capture_outputs(self.model, self.layers, channels_last=self.channels_last,
-                               forward=forward_of(self.model))
+        return capture_outputs(self.model, self.layers, forward=forward_of(self.model))
 
     def _set_up(self, outs: dict[str, torch.Tensor], order: Sequence[str], input_size: tuple[int, int]) -> None:
         layout = token_layout(self.model, input_size) if self.vit else None
@@ -471,7 +479,7 @@ class ReceptiveFieldAccumulator:
         }
         model = self.model
         return ReceptiveField(
-            model=model_name(model, name), kind="vit" if vit else "cnn",
+            model=model_name(model, name), kind="vit" if vit or self._feature_map is not None else "cnn",
             layers=tuple(order), depth=depth.astype(np.int64), depth_fraction=depth_fraction.astype(np.float64),
             spread_px=spread, r50_px=r50, r90_px=r90, spread_std_px=std, uniform_spread_px=uniform,
             theoretical_px=theo, theoretical_reason=reasons,

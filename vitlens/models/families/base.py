@@ -190,6 +190,25 @@ class FamilyAdapter(ABC):
     def preprocessing(self) -> Preprocessing:
         """The eval preprocessing from the model's own config or processor."""
 
+    # -- what the parameters and the outputs are -------------------------------------------------
+    @abstractmethod
+    def embedding_parameters(self) -> list[str]:
+        """Qualified names (in the whole model) of the parameters that turn pixels into tokens: the
+        patch embedding (its projection, and its norm where it has one), the learned position table
+        and the class, distillation and register tokens. Empty for a CNN; a hybrid's convolutional
+        stem is not part of it."""
+
+    @abstractmethod
+    def image_tower(self) -> list[str]:
+        """Qualified names of the modules :meth:`forward` runs the pixels through, ``[""]`` for the
+        whole model; a CLIP model's text tower is not among them."""
+
+    @abstractmethod
+    def output_layout(self, name: str) -> str:
+        """How the output of module ``name`` is laid out: ``"tokens"`` ``[batch, token, channel]``,
+        ``"NCHW"`` ``[batch, channel, height, width]`` or ``"NHWC"`` ``[batch, height, width, channel]``
+        (channels-last feature maps, which are read in that layout)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``[batch, 3, height, width]`` pixels and return a tensor (logits or
         pooled features), whatever the family's call convention."""

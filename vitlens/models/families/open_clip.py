@@ -188,6 +188,21 @@ class OpenClipAdapter(FamilyAdapter):
             raise no_residual_blocks(self.model)
         return out
 
+    def embedding_parameters(self) -> list[str]:
+        """The ViT tower's ``conv1``, ``class_embedding`` and ``positional_embedding``; nothing for the
+        modified ResNet."""
+        if not self.is_vit:
+            return []
+        return [f"{self.prefix}{n}" for n, _ in self.visual.named_parameters()
+                if n.startswith("conv1.") or n in ("class_embedding", "positional_embedding")]
+
+    def image_tower(self) -> list[str]:
+        """The image tower ``visual`` (``encode_image`` runs it alone), not the text tower."""
+        return [self.prefix.rstrip(".")]
+
+    def output_layout(self, name: str) -> str:
+        return "tokens" if self.is_vit else "NCHW"
+
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(self.visual, "conv1", None) if self.is_vit else None
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None

@@ -45,6 +45,10 @@ _KNOWN = [
 ]
 
 
+#: timm's names of the learned position table and prefix tokens.
+_EMBEDDING_TOKENS = {"pos_embed", "cls_token", "dist_token", "reg_token"}
+
+
 def _known_classes() -> tuple[type, ...]:
     found = []
     for mod, name in _KNOWN:
@@ -290,6 +294,22 @@ class TimmAdapter(FamilyAdapter):
         if not out:
             raise no_residual_blocks(m)
         return out
+
+    def embedding_parameters(self) -> list[str]:
+        """``patch_embed.*`` (a hybrid's ``patch_embed.backbone`` excepted), ``pos_embed`` and the prefix
+        tokens; nothing for a CNN."""
+        if not _has_grid(self.model):
+            return []
+        return [n for n, _ in self.model.named_parameters()
+                if n in _EMBEDDING_TOKENS or (n.startswith("patch_embed.") and not n.startswith("patch_embed.backbone."))]
+
+    def image_tower(self) -> list[str]:
+        return [""]
+
+    def output_layout(self, name: str) -> str:
+        if _has_grid(self.model):
+            return "tokens"
+        return "NHWC" if getattr(self.model, "output_fmt", "NCHW") == "NHWC" else "NCHW"
 
     def patch_filters(self) -> torch.Tensor | None:
         """``[dim, 3, p_h, p_w]`` from the conv patch projection (kernel = stride) or a linear one

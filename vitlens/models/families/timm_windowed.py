@@ -187,6 +187,19 @@ class TimmWindowedAdapter(FamilyAdapter):
             raise UnsupportedModelError(f"{name} is not a block or stage of {type(self.model).__name__}")
         return output.permute(0, 3, 1, 2)
 
+    def embedding_parameters(self) -> list[str]:
+        """``patch_embed.*`` and an absolute position table (SAM's ``pos_embed``, Swin's
+        ``absolute_pos_embed`` where built with one)."""
+        return [n for n, _ in self.model.named_parameters()
+                if n.startswith("patch_embed.") or n in ("pos_embed", "absolute_pos_embed")]
+
+    def image_tower(self) -> list[str]:
+        return [""]
+
+    def output_layout(self, name: str) -> str:
+        """Blocks and stages give channels-last maps ``[batch, height, width, channel]``."""
+        return "NHWC" if name in self.block_outputs() + self.stage_outputs() else "NCHW"
+
     def patch_filters(self) -> torch.Tensor | None:
         proj = getattr(getattr(self.model, "patch_embed", None), "proj", None)
         if isinstance(proj, nn.Conv2d) and tuple(proj.kernel_size) == tuple(proj.stride) and proj.in_channels == 3:

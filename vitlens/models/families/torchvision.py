@@ -163,6 +163,27 @@ class TorchvisionAdapter(FamilyAdapter):
             raise no_residual_blocks(m)
         return out
 
+    def embedding_parameters(self) -> list[str]:
+        """A ViT's ``conv_proj``, ``class_token`` and ``encoder.pos_embedding``; nothing for a CNN."""
+        if not _is_vit(self.model):
+            return []
+        return [n for n, _ in self.model.named_parameters()
+                if n.startswith("conv_proj.") or n in ("class_token", "encoder.pos_embedding")]
+
+    def image_tower(self) -> list[str]:
+        return [""]
+
+    def output_layout(self, name: str) -> str:
+        """Tokens in a ViT; in a Swin (``SwinTransformer``) channels-last maps everywhere after the
+        patch convolution (``features.0.0``, the only NCHW one besides the pooling); NCHW elsewhere."""
+        if _is_vit(self.model):
+            return "tokens"
+        from torchvision.models import SwinTransformer
+        if isinstance(self.model, SwinTransformer):
+            conv = name == "features.0.0" or name.startswith("features.0.0.")
+            return "NHWC" if (name.split(".")[0] in ("features", "norm")) and not conv else "NCHW"
+        return "NCHW"
+
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(self.model, "conv_proj", None) if _is_vit(self.model) else None
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None

@@ -250,6 +250,25 @@ class TransformersAdapter(FamilyAdapter):
             raise no_residual_blocks(self.model)
         return out
 
+    def embedding_parameters(self) -> list[str]:
+        """Every parameter of the vision model's ``embeddings`` module (patch projection, position
+        table, class, distillation and register tokens, mask token)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        root = names[id(self.embeddings)]
+        return [f"{root}.{n}" for n, _ in self.embeddings.named_parameters()]
+
+    def image_tower(self) -> list[str]:
+        """The vision model and its projection in a CLIP-like model (not the text tower); else the
+        whole model."""
+        if not hasattr(self.model, "text_model"):
+            return [""]
+        names = {id(m): n for n, m in self.model.named_modules()}
+        proj = getattr(self.model, "visual_projection", None)
+        return [names[id(self.root)]] + ([names[id(proj)]] if isinstance(proj, nn.Module) else [])
+
+    def output_layout(self, name: str) -> str:
+        return "tokens"
+
     def patch_filters(self) -> torch.Tensor | None:
         e = self.embeddings
         conv = getattr(getattr(e, "patch_embeddings", None), "projection", None) or getattr(e, "patch_embedding", None)

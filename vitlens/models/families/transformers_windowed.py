@@ -204,6 +204,17 @@ class TransformersWindowedAdapter(FamilyAdapter):
         h, w = self.window_layout(input_size)[names.index(name)].grid_size
         return output.reshape(output.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
+    def embedding_parameters(self) -> list[str]:
+        """Every parameter of ``embeddings`` (patch projection and norm, mask token, an absolute table)."""
+        return [f"{self.prefix}embeddings.{n}" for n, _ in self.root.embeddings.named_parameters()]
+
+    def image_tower(self) -> list[str]:
+        return [""]
+
+    def output_layout(self, name: str) -> str:
+        """Blocks and stages give tokens ``[batch, h * w, channel]`` (:meth:`feature_map` lays them out)."""
+        return "tokens"
+
     def patch_filters(self) -> torch.Tensor | None:
         conv = getattr(getattr(self.root.embeddings, "patch_embeddings", None), "projection", None)
         return conv.weight.detach().clone() if isinstance(conv, nn.Conv2d) else None
