@@ -133,7 +133,8 @@ def _command_of(argv: Sequence[str]) -> str:
 
 # Lowest accepted value of numeric options, by destination; a command checks only those it has.
 _MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "shots": 1, "warmup": 0,
-            "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
+            "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1,
+            "cost_repeats": 1, "cost_sizes": 1}
 
 
 def _check_values(args: argparse.Namespace, accepted: set[str]) -> None:
