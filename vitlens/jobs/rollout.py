@@ -164,13 +164,14 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                 yield x.shape[0]
 
         with progress(None, total=len(shard), desc=f"rollout {name}", enabled=show_progress and ctx.is_main) as bar, \
-                StopRequest() as stop:
+                StopRequest(resumable=False) as stop:
             try:
                 for n in ctx.lockstep(batches(), stop):  # a failing or signalled process stops them all
                     bar.update(n)
             except PeerStopped as e:
-                raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so run the "
-                                  "command again.") from None
+                raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so the "
+                                  "outputs of this run are removed: run the same command again.",
+                                  resumable=False) from None
         result, curve, baseline, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves,
                                                                          baselines, sheet, sheet_max)
         n_used = 0 if result is None else len(result)

@@ -50,6 +50,7 @@ from ...runtime.errors import UnsupportedModelError, VitlensError
 from ...runtime.frozen import freeze_arrays
 from ...runtime.modes import eval_mode
 from ...runtime.precision import autocast, check_precision, float32_probabilities
+from .conventions import HEAD_FUSIONS, METHODS, READOUTS  # named here as well
 
 __all__ = [
     "RolloutMaps", "RolloutSettingsError", "attention_rollout", "iter_rollout",
@@ -57,9 +58,6 @@ __all__ = [
     "patch_map", "layer_matrix", "readout_vector", "row_rollout", "image_keys", "check_settings", "HEAD_FUSIONS", "METHODS", "READOUTS",
 ]
 
-HEAD_FUSIONS = ("mean", "max", "min")
-METHODS = ("rollout", "grad-rollout")
-READOUTS = ("auto", "cls", "patch_mean")
 _ROW_BUDGET_BYTES = 1 << 30  # the per-layer matrices one batch may keep for the row-vector readout
 
 
