@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..analyses.attention.conventions import PREFIX_CONVENTIONS, UNITS
 from ..runtime.precision import PRECISIONS
+from ..runtime.resume import StopRequest, clear_partial
 
 if TYPE_CHECKING:
     from ..analyses.attention.distance import AttentionDistance
@@ -44,7 +45,6 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     from ..plotting.distance import distance_figure
     from ..runtime.distributed import context
     from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
-    from ..runtime.resume import StopRequest, clear_partial
     from .common import args_record, display_name, images_for, load_models, model_record
     from .sharded import open_partial, sharded_pass
     from ..plotting.windows import is_windowed, windowed_distance_figure
