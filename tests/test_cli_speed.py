@@ -29,6 +29,8 @@ def _imported(argv):
     (["distance", "--modle", "vit_small_patch16_224", "--images", "x", "--out", "o"], 2, "did you mean --model?"),
     (["distance", "--images", "x", "--out", "o", "--prefix-token", "discard", "--unit", "px", "--bogus"], 2,
      "unrecognized arguments: --bogus"),
+    (["rollout", "--help"], 0, None),
+    (["rollout", "--model", "m", "--images", "x", "--out", "o", "--sheet-max", "0"], 2, "--sheet-max must be at least 1"),
     (["--help"], 0, None),
 ])
 def test_help_and_argument_errors_do_not_import_torch(argv, code, needle):
