@@ -185,6 +185,23 @@ def test_batch_size_does_not_change_any_map(fam, method):
     np.testing.assert_allclose(single.maps[0], ref.maps[3], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("fam", ["vit", "gap_no_cls", "dinov2_registers"])
+def test_row_vector_readout_equals_the_full_product(fam, monkeypatch):
+    """The read-out row carried through the layers gives the map of the full N x N product, which
+    is what a batch too large for the kept matrices folds instead."""
+    import vitlens.analyses.attention.rollout as ro
+
+    model = sharpen(build(fam))
+    x = batch(fam, n=3)
+    for kw in (dict(), dict(head_fusion="max", discard_ratio=0.4, residual_weight=0.3, start_layer=1)):
+        by_rows = attention_rollout(model, x, **kw)
+        monkeypatch.setattr(ro, "_ROW_BUDGET_BYTES", 0)
+        folded = attention_rollout(model, x, **kw)
+        monkeypatch.undo()
+        np.testing.assert_allclose(by_rows.maps, folded.maps, rtol=1e-12, atol=1e-15)
+        assert by_rows.readout == folded.readout
+
+
 @pytest.mark.parametrize("method", ["rollout", "grad-rollout"])
 def test_a_subset_of_images_gives_their_maps_and_takes_them_back_in_order(method):
     from vitlens.analyses.attention.rollout import iter_rollout

@@ -172,6 +172,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognised(extra: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's message for arguments a command does not take, naming the closest option a
+    misspelt one was meant to be (``--modle``: did you mean --model?)."""
+    import difflib
+
+    msg = f"unrecognized arguments: {' '.join(extra)}"
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                return f"{msg} (did you mean {close[0]}?)"
+    return msg
+
+
 def _command_of(argv: Sequence[str]) -> str:
     """The command an argument list names (its first word that is not an option), or ""."""
     return next((a for a in argv if not a.startswith("-")), "")
@@ -179,7 +194,8 @@ def _command_of(argv: Sequence[str]) -> str:
 
 # Lowest accepted value of numeric options, by destination; a command checks only those it has.
 _MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "shots": 1, "warmup": 0,
-            "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1}
+            "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1,
+            "cost_repeats": 1, "cost_sizes": 1}
 
 
 def _check_values(args: argparse.Namespace, accepted: set[str]) -> None:
@@ -252,8 +268,8 @@ def _fit_advice(msg: str, accepted: set[str]) -> str:
     return msg
 
 
-def _say(msg: str) -> None:
-    print(textwrap.fill(f"vitlens: error: {msg}", width=100, break_long_words=False,
+def _say(msg: str, prefix: str = "vitlens: error: ") -> None:
+    print(textwrap.fill(f"{prefix}{msg}", width=100, break_long_words=False,
                         break_on_hyphens=False), file=sys.stderr)
 
 
@@ -265,18 +281,72 @@ def _drop_if_empty(out: str | None, fresh: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command started (imports, parsing): nothing was written
+        print("vitlens: interrupted", file=sys.stderr)
+        return 130
+
+
+def _new_entries(out: str | None, before: set[str] | None) -> list[str]:
+    """What this run created at the top of ``out`` (its saved partial state aside)."""
+    from .runtime.resume import PARTIAL_DIR
+
+    if not out or before is None or not os.path.isdir(out):
+        return []
+    return sorted(set(os.listdir(out)) - before - {PARTIAL_DIR})
+
+
+def _remove_new(out: str | None, before: set[str] | None, fresh: bool) -> bool:
+    """Remove what an interrupted run wrote into ``out`` (and ``out`` itself when the run created it
+    and nothing else is left), so that the same command can run again; True when anything went."""
+    import shutil
+    import signal
+
+    new = _new_entries(out, before)
+    if not new and not fresh:
+        return False
+    if int(os.environ.get("RANK", "0")) != 0:  # one process of a torchrun cleans up
+        return False
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        for name in new:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        _drop_if_empty(out, fresh)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    return bool(new)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     parser = build_parser(command if command in COMMAND_HELP else "")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if extra:
+        own = sub.choices.get(getattr(args, "command", None) or "", parser)
+        own.error(_unrecognised(extra, own))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     accepted = set(sub.choices[args.command]._option_string_actions)
     debug = getattr(args, "debug", False)
     out = getattr(args, "out", None)
     fresh = out is not None and not os.path.exists(out)
+    before = set(os.listdir(out)) if out is not None and os.path.isdir(out) else (set() if fresh else None)
     os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # the memory profiler's own start/stop lines
     saved_format = warnings.formatwarning
     with warnings.catch_warnings():  # the filters and the format are the caller's again on return
@@ -284,26 +354,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=UserWarning, module="timm")
             warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
         try:
-            return _run(args, debug, out, fresh, accepted)
+            return _run(args, debug, out, fresh, accepted, before)
         finally:
             warnings.formatwarning = saved_format
 
 
-def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, accepted: set[str]) -> int:
+def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, accepted: set[str],
+         before: set[str] | None = None) -> int:
     from .runtime.io import figure_formats
+    from .runtime.resume import Interrupted
 
     try:
         _check_values(args, accepted)
         with figure_formats(["pdf"] if getattr(args, "pdf", False) else []):
             return int(args.func(args) or 0)
+    except Interrupted as e:  # stopped between batches: partial sums saved, or nothing kept
+        _say(str(e), prefix="vitlens: ")
+        _remove_new(out, before, fresh)
+        return e.exit_code
     except VitlensError as e:
         if debug:
             raise
         _say(_fit_advice(str(e), accepted))
         _drop_if_empty(out, fresh)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("vitlens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # stopped at once: what this run wrote goes, what it found stays
+        removed = _remove_new(out, before, fresh)
+        print("vitlens: interrupted" + (f"; removed this run's outputs from {out}, so the same command starts "
+                                        "afresh" if removed else ""), file=sys.stderr)
         return 130
     except Exception as e:  # an unexpected failure: still one paragraph unless --debug
         if debug:

@@ -7,19 +7,17 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from ..analyses.attention.distance import PREFIX_CONVENTIONS, UNITS, AttentionDistance
-from ..analyses.attention.streaming import new_accumulator, stream_distance
-from ..capture.attention import attention_modules
-from ..models.layout import token_layout
-from ..runtime.distributed import context
-from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+from ..analyses.attention.conventions import PREFIX_CONVENTIONS, UNITS
 from ..runtime.precision import PRECISIONS
 from ..runtime.resume import StopRequest, clear_partial
-from .common import args_record, display_name, images_for, load_models, model_record
-from .sharded import open_partial, sharded_pass
+
+if TYPE_CHECKING:
+    from ..analyses.attention.distance import AttentionDistance
+
+# The analysis, torch and timm are imported when the job runs, so that help and argument errors
+# answer at once.
 
 __all__ = ["run_distance", "register", "PRODUCTS"]
 
@@ -40,8 +38,15 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     ``resume=True`` continues from them.
     """
     import matplotlib.pyplot as plt
+    import pandas as pd
 
+    from ..analyses.attention.streaming import new_accumulator, stream_distance
+    from ..capture.attention import attention_modules
     from ..plotting.distance import distance_figure
+    from ..runtime.distributed import context
+    from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
+    from .common import args_record, display_name, images_for, load_models, model_record
+    from .sharded import open_partial, sharded_pass
     from ..plotting.windows import is_windowed, windowed_distance_figure
 
     ctx = context(device)
@@ -102,6 +107,7 @@ def _check_layout(model) -> None:
     """A windowed model (Swin, Swin-V2, SAM) is read through its window layout, any other ViT
     through its token layout; either raises UnsupportedModelError when there is none."""
     from ..models.families.registry import adapter_for
+    from ..models.layout import token_layout
 
     adapter = adapter_for(model)
     if hasattr(adapter, "window_layout"):
@@ -111,6 +117,8 @@ def _check_layout(model) -> None:
 
 
 def _summary(r: AttentionDistance) -> str:
+    import numpy as np
+
     if hasattr(r, "uniform_by_layer"):  # windowed: per-block references, heads padded with NaN
         per_layer = np.nanmean(r.distance, axis=1)
         return (f"{r.model}: {r.n_images} images, {r.num_layers} attention blocks in {len(set(r.stage.tolist()))} "

@@ -22,28 +22,24 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..analyses.attention.rollout import (
-    HEAD_FUSIONS,
-    METHODS,
-    READOUTS,
-    RolloutMaps,
-    RolloutSettingsError,
-    check_settings,
-    image_keys,
-    iter_rollout,
-)
-from ..analyses.attention.scores import FILLS, DeletionCurve, deletion_curve, random_order_deletion
-from ..capture.attention import attention_modules
-from ..data.images import ImageSet, model_transform
-from ..runtime.distributed import PeerStopped, context
+from ..analyses.attention.conventions import FILLS, HEAD_FUSIONS, METHODS, READOUTS
 from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure, save_npz
 from ..runtime.precision import PRECISIONS
 from ..runtime.resume import Interrupted, StopRequest
 from ..runtime.sizes import input_size_arg
 from ..runtime.slugs import model_slugs
-from .common import args_record, display_name, load_models, model_record, progress
+
+if TYPE_CHECKING:
+    from ..analyses.attention.rollout import RolloutMaps
+    from ..analyses.attention.scores import DeletionCurve
+    from ..data.images import ImageSet
+
+# The analysis, torch and timm are imported when the job runs, so that help and argument errors
+# answer at once.
 
 __all__ = ["run_rollout", "register", "overlay_names"]
 
@@ -106,7 +102,13 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from ..analyses.attention.rollout import RolloutMaps, RolloutSettingsError, check_settings, image_keys, iter_rollout
+    from ..analyses.attention.scores import DeletionCurve, deletion_curve, random_order_deletion
+    from ..capture.attention import attention_modules
+    from ..data.images import ImageSet, model_transform
     from ..plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay, to_display
+    from ..runtime.distributed import PeerStopped, context
+    from .common import display_name, load_models, model_record, progress
 
     check_settings(method, head_fusion, discard_ratio, residual_weight, readout)
     if deletion_fill not in FILLS or deletion_steps < 0 or batch_size < 1:
@@ -164,13 +166,14 @@ def run_rollout(specs: Sequence[tuple[str, str | None]], images, out, *, method:
                 yield x.shape[0]
 
         with progress(None, total=len(shard), desc=f"rollout {name}", enabled=show_progress and ctx.is_main) as bar, \
-                StopRequest() as stop:
+                StopRequest(resumable=False) as stop:
             try:
                 for n in ctx.lockstep(batches(), stop):  # a failing or signalled process stops them all
                     bar.update(n)
             except PeerStopped as e:
-                raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so run the "
-                                  "command again.") from None
+                raise Interrupted(f"interrupted by {e.signal_name}; rollout keeps no partial state, so the "
+                                  "outputs of this run are removed: run the same command again.",
+                                  resumable=False) from None
         result, curve, baseline, imageset.skipped, shown_sheet = _gather(ctx, imageset, position, parts, curves,
                                                                          baselines, sheet, sheet_max)
         n_used = 0 if result is None else len(result)
@@ -223,6 +226,9 @@ def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[Rollo
     Each process keeps the first ``sheet_max`` displayed images of its own share; only those that
     are among the first ``sheet_max`` of the whole set travel.
     """
+    from ..analyses.attention.rollout import RolloutMaps
+    from ..analyses.attention.scores import DeletionCurve
+
     mine = (RolloutMaps.concat(parts) if parts else None, DeletionCurve.concat(curves) if curves else None,
             list(imageset.skipped), [i for i, _ in sheet], DeletionCurve.concat(baselines) if baselines else None)
     pieces = ctx.gather(mine)
@@ -244,7 +250,7 @@ def _gather(ctx, imageset: ImageSet, position: dict[str, int], parts: list[Rollo
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from .common import model_specs
+    from .common import args_record, model_specs
 
     rec = run_rollout(model_specs(args), args.images, args.out, method=args.method, head_fusion=args.head_fusion,
                       discard_ratio=args.discard_ratio, residual_weight=args.residual_weight,

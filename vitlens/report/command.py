@@ -9,6 +9,7 @@ from ..jobs.compare import add_model_arguments, model_pairs
 from ..runtime.errors import VitlensError
 from ..runtime.precision import PRECISIONS
 from . import ERF_IMAGES, LOCAL_FRACTION, run_report
+from .build import SECTIONS
 
 __all__ = ["register"]
 
@@ -29,12 +30,23 @@ def register(subparsers, common) -> None:
     p.add_argument("--erf-images", type=int, default=ERF_IMAGES, metavar="N",
                    help=f"images the receptive fields average over (default {ERF_IMAGES}; one backward pass "
                         "per layer each)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
+    p.add_argument("--random-init", action="store_true", help="random weights (a baseline), drawn from --seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generated images and of --random-init weights (default 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward (and backward) pass precision of every analysis (reductions in float32)")
     p.add_argument("--local-fraction", type=float, default=LOCAL_FRACTION, metavar="F",
                    help=f"a head is local below F times the distance of uniform attention (default {LOCAL_FRACTION})")
+    g = p.add_argument_group("what the report runs")
+    g.add_argument("--sections", metavar="NAMES",
+                   help=f"comma-separated sections to run, among {','.join(SECTIONS)} (default: all); the others "
+                        "say on the page that they were left out; locality also computes the attention distance")
+    g.add_argument("--cost-sizes", type=int, nargs="+", action="extend", metavar="PX",
+                   help="input sides the cost section measures (default: the first ViT's own size and up to 2 "
+                        "and 4 times it, as many as fit about a minute on this device)")
+    g.add_argument("--cost-repeats", type=int, metavar="N",
+                   help="timed throughput runs per model and size (default: up to 3, as the time budget allows)")
 
     def _run_cmd(args):
         given = args.vit or args.cnn
@@ -47,7 +59,8 @@ def register(subparsers, common) -> None:
                            num_images=args.num_images, erf_images=args.erf_images, batch_size=args.batch_size,
                            device=args.device, precision=args.precision, workers=args.workers, seed=args.seed,
                            local_fraction=args.local_fraction, overwrite=args.overwrite,
-                           command="vitlens " + shlex.join(sys.argv[1:]))
+                           command="vitlens " + shlex.join(sys.argv[1:]), sections=args.sections,
+                           cost_sizes=args.cost_sizes, cost_repeats=args.cost_repeats, random_init=args.random_init)
         print(f"open {index.resolve()}")
 
     p.set_defaults(func=_run_cmd)

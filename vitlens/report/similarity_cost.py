@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.io import save_csv, save_figure, write_json
+from .cost_plan import COST_SCALES
 from .page import Figure, Section
 
-__all__ = ["cka_section", "cka_reading", "cost_section", "COST_SCALES"]
+__all__ = ["cka_section", "cka_reading", "cost_section", "cost_base_px", "COST_SCALES"]
 
-COST_SCALES = (1, 2, 4)  # the models' own input size and two larger ones
 
 
 def cka_reading(self_cka, cross_cka=None) -> list[str]:
@@ -80,23 +80,20 @@ def cka_section(vit, cnn, images, out: Path, *, batch_size: int, precision: str,
         numbers=numbers, files=[("cka.csv", "data/cka.csv")], anchor="cka")
 
 
-def cost_section(models: Sequence, names: Sequence[str], out: Path, *, batch_size: int, device: str,
-                 precision: str, scales: Sequence[int] = COST_SCALES) -> Section:
-    """Parameters, FLOPs, peak memory and throughput of ``models`` at their own input size and at
-    ``scales`` times it, saved under ``out/data`` and ``out/figures``."""
+def cost_section(models: Sequence, names: Sequence[str], out: Path, *, plan, device: str,
+                 precision: str) -> Section:
+    """Parameters, FLOPs, peak memory and throughput of ``models`` at the sizes, batch and repeats of
+    ``plan`` (:func:`vitlens.report.cost_plan.plan_cost`), saved under ``out/data`` and ``out/figures``."""
     import matplotlib.pyplot as plt
 
     from ..analyses.cost import cost_profile
-    from ..models.layout import token_layout
     from ..plotting.cost import cost_figure
 
-    own = [int(token_layout(m).input_size[0]) if _has_layout(m) else None for m in models]
-    base = next((s for s in own if s), 64)
-    sizes = sorted({base * s for s in scales})
-    profile = cost_profile(list(models), sizes, batch_size=batch_size, device=device, precision=precision,
-                           repeats=3, warmup=1, name=list(names))
+    sizes = list(plan.sizes)
+    profile = cost_profile(list(models), sizes, batch_size=plan.batch_size, device=device, precision=precision,
+                           repeats=plan.repeats, warmup=plan.warmup, name=list(names))
     save_csv(out / "data" / "cost.csv", profile.to_frame())
-    write_json(out / "data" / "cost.json", profile.to_dict())
+    write_json(out / "data" / "cost.json", {**profile.to_dict(), "plan": plan.to_dict()})
     fig = cost_figure(profile)
     save_figure(fig, out / "figures" / "cost.png")
     plt.close(fig)
@@ -108,7 +105,15 @@ def cost_section(models: Sequence, names: Sequence[str], out: Path, *, batch_siz
         reading=[f"Cost as the input grows from {sizes[0]} to {sizes[-1]} px: attention's products grow with the "
                  "square of the number of tokens, the rest of a transformer linearly."] + profile.reading(),
         numbers=[(f"{n}: parameters", f"{int(profile.select(n, 'parameters', 'total')[2][0]):,}") for n in names],
-        files=[("cost.csv", "data/cost.csv"), ("cost.json", "data/cost.json")], anchor="cost")
+        files=[("cost.csv", "data/cost.csv"), ("cost.json", "data/cost.json")], note=plan.describe(), anchor="cost")
+
+
+def cost_base_px(models: Sequence) -> int:
+    """The input side the cost scales multiply: the first ViT's own (64 px without one)."""
+    from ..models.layout import token_layout
+
+    own = [int(token_layout(m).input_size[0]) if _has_layout(m) else None for m in models]
+    return next((s for s in own if s), 64)
 
 
 def _has_layout(model) -> bool:

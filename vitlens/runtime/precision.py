@@ -7,13 +7,15 @@ autocast; attention maps and gradients are cast to float32 or float64 before any
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a pass runs, so that the command line's help does not wait for it
+    import torch
 
 __all__ = ["PRECISIONS", "autocast", "check_precision", "float32_probabilities"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # names in torch
 
 
 def check_precision(precision: str) -> None:
@@ -23,10 +25,12 @@ def check_precision(precision: str) -> None:
 
 def autocast(device: torch.device | str, precision: str):
     """A context that runs the model in ``precision`` on ``device`` (nothing for ``fp32``)."""
+    import torch
+
     check_precision(precision)
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, _DTYPES[precision]))
 
 
 def float32_probabilities(attn: torch.Tensor) -> torch.Tensor:
@@ -37,6 +41,8 @@ def float32_probabilities(attn: torch.Tensor) -> torch.Tensor:
     in bf16) would pass into every sum that does not renormalise (the ``discard`` convention, say).
     float32 and float64 maps are returned as float32 unchanged.
     """
+    import torch
+
     if attn.dtype in (torch.float32, torch.float64):
         return attn.float()
     a = attn.float()

@@ -27,9 +27,14 @@ PARTIAL_DIR = ".vitlens-partial"
 
 
 class Interrupted(VitlensError):
-    """The run was stopped by a signal after saving its partial state."""
+    """The run was stopped by a signal, after saving its partial state (``resumable``) or keeping
+    none (the command line then removes what the run wrote)."""
 
     exit_code = 130
+
+    def __init__(self, message: str = "", resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 class StopRequest:
@@ -37,10 +42,13 @@ class StopRequest:
 
     The first signal says at once that the run finishes its batch and saves; a second Ctrl-C stops
     at once (KeyboardInterrupt), except while the partial sums are being saved (:meth:`saving`),
-    when it waits for the save to end so that nothing saved is lost half-written.
+    when it waits for the save to end so that nothing saved is lost half-written. A job that keeps
+    no partial state (``resumable=False``) says instead that it stops after the batch and that
+    the same command starts afresh.
     """
 
-    def __init__(self):
+    def __init__(self, resumable: bool = True):
+        self.resumable = resumable
         self.requested = False
         self.signal_name = ""
         self._saving = False
@@ -55,8 +63,13 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = name
-        print(f"vitlens: {name}: finishing this batch, then saving the partial sums for --resume "
-              "(Ctrl-C again stops at once without saving)", file=sys.stderr, flush=True)
+        if self.resumable:
+            print(f"vitlens: {name}: finishing this batch, then saving the partial sums for --resume "
+                  "(Ctrl-C again stops at once without saving)", file=sys.stderr, flush=True)
+        else:
+            print(f"vitlens: {name}: finishing this batch, then stopping; this command keeps no partial "
+                  "state, so its outputs so far are removed (Ctrl-C again stops at once)", file=sys.stderr,
+                  flush=True)
 
     @contextmanager
     def saving(self):

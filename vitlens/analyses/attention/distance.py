@@ -26,14 +26,13 @@ import torch
 from ...models.tokens import TokenLayout
 from ...runtime.frozen import freeze_arrays
 from ...runtime.precision import float32_probabilities
+from .conventions import PREFIX_CONVENTIONS, UNITS  # named here as well
 
 __all__ = ["PREFIX_CONVENTIONS", "UNITS", "check_prefix_convention", "distance_matrix", "uniform_distance", "mean_attention_distance",
            "DistanceAccumulator", "AttentionDistance"]
 
 PrefixConvention = Literal["renormalize", "discard"]
 Unit = Literal["px", "patches", "fraction"]
-PREFIX_CONVENTIONS = ("renormalize", "discard")
-UNITS = {"px": "input pixels", "patches": "patch grid steps", "fraction": "fraction of the image side"}
 HIST_BINS = 2048
 
 

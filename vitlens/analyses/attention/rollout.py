@@ -50,16 +50,15 @@ from ...runtime.errors import UnsupportedModelError, VitlensError
 from ...runtime.frozen import freeze_arrays
 from ...runtime.modes import eval_mode
 from ...runtime.precision import autocast, check_precision, float32_probabilities
+from .conventions import HEAD_FUSIONS, METHODS, READOUTS  # named here as well
 
 __all__ = [
     "RolloutMaps", "RolloutSettingsError", "attention_rollout", "iter_rollout",
     "fuse_heads", "discard_lowest", "add_residual", "rollout_step", "rollout", "gradient_rollout",
-    "patch_map", "image_keys", "check_settings", "HEAD_FUSIONS", "METHODS", "READOUTS",
+    "patch_map", "layer_matrix", "readout_vector", "row_rollout", "image_keys", "check_settings", "HEAD_FUSIONS", "METHODS", "READOUTS",
 ]
 
-HEAD_FUSIONS = ("mean", "max", "min")
-METHODS = ("rollout", "grad-rollout")
-READOUTS = ("auto", "cls", "patch_mean")
+_ROW_BUDGET_BYTES = 1 << 30  # the per-layer matrices one batch may keep for the row-vector readout
 
 
 class RolloutSettingsError(VitlensError, ValueError):
@@ -125,9 +124,48 @@ def rollout_step(joint: torch.Tensor | None, attn: torch.Tensor, *, head_fusion:
         joint: the rollout of the layers so far, ``[batch, query, key]``, or None.
         attn: this layer's attention ``[batch, head, query, key]``; computed in float64.
     """
-    a = add_residual(discard_lowest(fuse_heads(attn.to(torch.float64), head_fusion), discard_ratio,
-                                    class_token_index), residual_weight)
+    a = layer_matrix(attn, head_fusion=head_fusion, discard_ratio=discard_ratio, residual_weight=residual_weight,
+                     class_token_index=class_token_index)
     return a if joint is None else a @ joint
+
+
+def layer_matrix(attn: torch.Tensor, *, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                 residual_weight: float = 0.5, class_token_index: int | None = None) -> torch.Tensor:
+    """One layer's ``A_hat`` ``[batch, query, key]`` in float64 (fusion, discard, residual) from its
+    attention ``[batch, head, query, key]``."""
+    fused = fuse_heads(attn.to(torch.float64), head_fusion)
+    if discard_ratio != 0.0:  # with nothing to discard the step is the identity
+        fused = discard_lowest(fused, discard_ratio, class_token_index)
+    return add_residual(fused, residual_weight)
+
+
+def readout_vector(layout: TokenLayout, readout: str = "auto", dtype=torch.float64,
+                   device=None) -> torch.Tensor:
+    """The row vector ``[token]`` whose product with the joint matrix is the read-out row: the class
+    token's indicator (``"cls"``), or the mean of the patch indicators (``"patch_mean"``)."""
+    v = torch.zeros(layout.num_tokens, dtype=dtype, device=device)
+    if _resolve_readout(readout, layout) == "cls":
+        v[layout.class_token_index] = 1.0
+    else:
+        ps = layout.patch_slice
+        v[ps] = 1.0 / len(range(layout.num_tokens)[ps])
+    return v
+
+
+def row_rollout(matrices: Sequence[torch.Tensor], layout: TokenLayout, readout: str = "auto") -> torch.Tensor:
+    """The map ``[batch, grid_h, grid_w]`` of ``R = A_hat_end @ ... @ A_hat_start`` (``matrices`` in
+    forward order, each ``[batch, query, key]``) without forming ``R``: the read-out row vector is
+    carried from the last layer to the first, one vector-matrix product per layer (``N^2`` work per
+    layer and image instead of ``N^3``). Equals :func:`patch_map` of :func:`rollout`'s product."""
+    if not matrices:
+        raise RolloutSettingsError("rollout needs at least one attention layer.")
+    first = matrices[0]
+    if first.shape[-1] != layout.num_tokens or first.shape[-2] != layout.num_tokens:
+        return patch_map(first, layout, readout)  # the same refusal, worded once
+    row = readout_vector(layout, readout, first.dtype, first.device).expand(first.shape[0], 1, -1)  # [batch, 1, key]
+    for a in reversed(matrices):
+        row = row @ a
+    return row[:, 0, layout.patch_slice].reshape(first.shape[0], *layout.grid_size)
 
 
 def rollout(maps: Sequence[torch.Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0,
@@ -385,19 +423,31 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
                head_fusion: str, discard_ratio: float, residual_weight: float, readout: str,
                target_class, indices: Sequence[int], precision: str = "fp32"):
     name = type(model).__name__
+    joint = None
     if method == "rollout":
-        state: dict[str, torch.Tensor | None] = {"joint": None}
+        # Only one row of R is read out, so each layer's A_hat is kept and the row vector is carried
+        # through them afterwards (N^2 per layer); past a memory budget the N x N product is folded
+        # layer by layer instead (N^3 per layer, flat memory). Both give the same map.
+        by_rows = len(layers) * x.shape[0] * layout.num_tokens ** 2 * 8 <= _ROW_BUDGET_BYTES
+        state: dict = {"joint": None, "matrices": []}
 
         def fold(_layer: int, attn: torch.Tensor) -> None:
-            state["joint"] = rollout_step(state["joint"], float32_probabilities(attn), head_fusion=head_fusion,
-                                          discard_ratio=discard_ratio, residual_weight=residual_weight,
-                                          class_token_index=layout.class_token_index)
+            a = layer_matrix(float32_probabilities(attn), head_fusion=head_fusion, discard_ratio=discard_ratio,
+                             residual_weight=residual_weight, class_token_index=layout.class_token_index)
+            if by_rows:
+                state["matrices"].append(a)
+            else:
+                state["joint"] = a if state["joint"] is None else a @ state["joint"]
 
         with torch.no_grad(), capture_attention(model, layers=layers, callback=fold), autocast(x.device, precision):
             out = forward_of(model)(x)
-        joint = state["joint"]
-        if joint is None:
+        if state["joint"] is None and not state["matrices"]:
             raise UnsupportedModelError(f"{name} ran without any attention block being captured.")
+        if by_rows:
+            pm = row_rollout(state["matrices"], layout, readout)
+            state["matrices"].clear()
+        else:
+            joint = state["joint"]
         if isinstance(out, torch.Tensor) and out.ndim == 2 and getattr(model, "num_classes", 1):
             predicted = out.argmax(dim=-1)
             target = _targets(target_class, out, indices)
@@ -415,7 +465,8 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
             grads = torch.autograd.grad(score, maps, allow_unused=True)
         grads = [torch.zeros_like(m) if g is None else g for m, g in zip(maps, grads)]
         joint = gradient_rollout([float32_probabilities(m.detach()) for m in maps], [g.float() for g in grads])
-    pm = patch_map(joint, layout, readout)  # float64, non-negative by construction
+    if joint is not None:
+        pm = patch_map(joint, layout, readout)  # float64, non-negative by construction
     return (pm.cpu().numpy(), None if predicted is None else predicted.cpu().numpy(),
             None if target is None else target.detach().cpu().numpy())
 

@@ -26,11 +26,11 @@ import torch.nn as nn
 
 from ...models.layout import token_layout
 from ...models.tokens import TokenLayout
+from .conventions import FILLS  # named here as well
 
 __all__ = ["box_mask", "grid_mask", "mask_share", "pointing_hit", "deletion_curve", "random_order_deletion",
            "deletion_auc", "DeletionCurve", "FILLS"]
 
-FILLS = ("mean", "zero")
 
 
 def _maps_and_layout(maps, layout: TokenLayout | None) -> tuple[np.ndarray, TokenLayout | None]:
