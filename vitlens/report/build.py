@@ -39,6 +39,7 @@ from ..runtime.slugs import slug
 from . import sections as sec
 from .figures import sheet_labels
 from .page import render_page
+from .representation_runs import REPRESENTATION_SECTIONS, representation_sections
 from .similarity_cost import cka_section, cost_section
 
 __all__ = ["run_report", "report_plan", "DEFAULT_VITS", "DEFAULT_CNNS", "HELD_OUT_START", "LOCAL_FRACTION", "ERF_IMAGES",
@@ -57,7 +58,8 @@ PRODUCTS = ["index.html", "run.json", "figures", "data", "shapes"]
 #: ``locality`` needs the attention distance, which it computes when ``distance`` is left out.
 SECTIONS = {"distance": "Mean attention distance by depth", "posembed": "Position-embedding similarity",
             "rollout": "Attention rollout", "locality": "ViT versus CNN locality",
-            "cka": "Representation similarity (CKA)", "cost": "What a ViT costs next to a CNN"}
+            "cka": "Representation similarity (CKA)", **REPRESENTATION_SECTIONS,
+            "cost": "What a ViT costs next to a CNN"}
 
 
 class _Steps:
@@ -257,7 +259,9 @@ def _plan(chosen: Sequence[str], vit_models, cnn_models) -> dict[str, int]:
     distance = "distance" in chosen or "locality" in chosen
     return {"images": 1, "distance": vits * distance, "posembed": vits * ("posembed" in chosen),
             "rollout": vits * ("rollout" in chosen), "locality": models * ("locality" in chosen),
-            "cka": int(bool(vits) and "cka" in chosen), "cost": int(bool(vits) and "cost" in chosen), "page": 1}
+            "cka": int(bool(vits) and "cka" in chosen),
+            **{name: models * (name in chosen) for name in REPRESENTATION_SECTIONS},
+            "cost": int(bool(vits) and "cost" in chosen), "page": 1}
 
 
 def report_plan(vit_models, cnn_models, *, n_images: int, batch_size: int = 32, device: str = "cpu",
@@ -410,6 +414,11 @@ def _run(out: Path, vit_models, cnn_models, steps: _Steps, *, default, images, m
             sections.append(cka_section(vit, cnn, pair, out, batch_size=batch_size, precision=precision,
                                         workers=workers,
                                         names=(display_name(vit), display_name(cnn) if cnn is not None else "")))
+    sections += representation_sections(
+        chosen, models, [display_name(m) for m in models], sets, out,
+        label_roots=[Path(p) for p in images] if images else [out / "shapes"], batch_size=batch_size,
+        precision=precision, workers=workers, seed=seed, start=steps.start)
+    if vit_models:
         if "cost" in chosen:
             steps.start("cost: planning")
             costed = _costed(vit_models, cnn_models)

@@ -107,9 +107,11 @@ def localization_section(results: Sequence) -> Section:
                          f"{c.model}'s positions by {gap_c:+.2f}: "
                          + ("the ViT keeps spatial information where it came from more than the CNN, as the "
                             "paper found." if shown else
-                            "the paper's finding (ViT tokens more localised than CNN positions) does not appear.")
-                         + (f" {c.model}'s last feature map is only {c.grid[0]} x {c.grid[1]}, so each of its "
-                            "positions covers a large part of the input." if min(c.grid) <= 3 else ""))
+                            "the paper's finding (ViT tokens more localised than CNN positions) does not appear."))
+    for c in cnns:
+        if min(c.grid) <= 3:
+            lines.append(f"{c.model}'s last feature map is only {c.grid[0]} x {c.grid[1]}, so each of its positions "
+                         "covers a large part of the input.")
     return Section(
         "Where spatial information stays",
         figures=[Figure("figures/localization.png",
