@@ -68,8 +68,10 @@ def test_cli_writes_csv_equal_to_direct_computation(tmp_path, image_dir, tiny_ck
         assert (out / f).stat().st_size > 0
     assert (out / "attention_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(out / "attention_distance.csv")
-    assert list(csv.columns[:5]) == ["layer", "head", "distance_px", "std_px", "low95_px"]
+    # the same columns as with several models: the model first
+    assert list(csv.columns[:6]) == ["model", "layer", "head", "distance_px", "std_px", "low95_px"]
     assert len(csv) == 3 * 2 and (csv["n_images"] == 5).all()
+    assert (csv["model"] == f"{TINY} ({tiny_ckpt.name})").all()
     model = orig(TINY, checkpoint=tiny_ckpt, **kw)
     with pytest.warns(UserWarning):
         direct = _direct(model, image_dir)
@@ -91,6 +93,7 @@ def test_several_models_share_one_csv_and_figure(tmp_path, image_dir):
     assert rc == 0
     csv = pd.read_csv(out / "attention_distance.csv")
     assert csv["model"].nunique() == 2 and (csv["n_images"] == 2).all()
+    assert list(csv.columns[:6]) == ["model", "layer", "head", "distance_px", "std_px", "low95_px"]
 
 
 def test_existing_results_need_overwrite(tmp_path, image_dir, capsys):

@@ -279,7 +279,7 @@ def test_cli_distance_writes_stage_and_block_columns(tmp_path, monkeypatch):
                "--out", str(out), "--batch-size", "2"])
     assert rc == 0
     csv = pd.read_csv(out / "attention_distance.csv")
-    assert list(csv.columns[:4]) == ["layer", "stage", "block", "head"]
+    assert list(csv.columns[:5]) == ["model", "layer", "stage", "block", "head"]
     assert len(csv) == 1 + 2 * 2 + 2 * 2 + 4 and (csv["n_images"] == 3).all()
     # a stage's unshifted blocks share one reference; its shifted blocks have their own (their mask's keys)
     assert csv[csv.block % 2 == 0].groupby("stage")["uniform_px"].nunique().max() == 1

@@ -131,7 +131,7 @@ def test_results_are_kept_without_overwrite(tmp_path, capsys, monkeypatch):
 
     assert main(argv + ["--overwrite"]) == 0
     assert json.loads((out / "run.json").read_text())["command"] == "posembed"
-    assert np.load(out / "pos_embed_similarity.npy").shape == (14, 14, 14, 14)
+    assert np.load(out / "pos_embed_similarity_vit_tiny_patch16_224.npy").shape == (14, 14, 14, 14)
     assert loaded == ["vit_tiny_patch16_224"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 

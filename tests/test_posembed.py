@@ -317,14 +317,16 @@ def test_cli_writes_every_file(cli_main, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["posembed", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
                      "--out", str(out)]) == 0
-    sim = np.load(out / "pos_embed_similarity.npy")
+    # one model's array is named as each of several models' arrays is: by the model (and checkpoint)
+    assert not (out / "pos_embed_similarity.npy").exists()
+    sim = np.load(out / "pos_embed_similarity_vit_tiny_patch16_224_w.npy")
     assert sim.dtype == np.float32 and sim.shape == (14, 14, 14, 14)
     np.testing.assert_allclose(sim, literal_similarity(model), atol=1e-6)
     _check_png(out / "pos_embed_similarity.png")
     assert (out / "pos_embed_similarity.svg").read_text().lstrip().startswith("<?xml")
     summary = json.loads((out / "pos_embed_summary.json").read_text())
     entry = summary["models"][0]
-    assert entry["file"] == "pos_embed_similarity.npy" and entry["grid_size"] == [14, 14]
+    assert entry["file"] == "pos_embed_similarity_vit_tiny_patch16_224_w.npy" and entry["grid_size"] == [14, 14]
     assert entry["distance_correlation"] == pytest.approx(similarity_distance_correlation(sim), abs=1e-9)
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "posembed" and run["models"][0]["architecture"] == "vit_tiny_patch16_224"
@@ -384,7 +386,8 @@ def test_cli_beit_exits_with_one_paragraph(cli_main, tmp_path, capsys, monkeypat
 def test_similarity_file_names():
     from vitlens.jobs.posembed import similarity_file_names
 
-    assert similarity_file_names([("vit_tiny_patch16_224.augreg_in21k", None)]) == ["pos_embed_similarity.npy"]
+    assert similarity_file_names([("vit_tiny_patch16_224.augreg_in21k", None)]) == [
+        "pos_embed_similarity_vit_tiny_patch16_224.augreg_in21k.npy"]  # one model: named as with several
     assert similarity_file_names([("a", None), ("a", None), ("vitlens/b c", None), ("a", "/x/w.pth")]) == [
         "pos_embed_similarity_a.npy", "pos_embed_similarity_a_2.npy",
         "pos_embed_similarity_vitlens_b_c.npy", "pos_embed_similarity_a_w.npy"]

@@ -35,6 +35,11 @@ _EXPORTS = {
     "analyses.attention.rollout": ("RolloutMaps", "attention_rollout"),
     "analyses.attention.scores": ("deletion_curve", "mask_share", "pointing_hit"),
 }
+# The figure functions of vitlens.plotting (plot_*(result, ax=None) -> axes, *_figure(...) -> figure),
+# listed there by module; vitlens.plotting's package file imports neither matplotlib nor its modules.
+from .plotting import FIGURES as _FIGURES  # noqa: E402
+
+_EXPORTS.update({f"plotting.{module}": names for module, names in _FIGURES.items()})
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
@@ -59,6 +64,15 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .models.layout import token_layout
     from .models.loading import load_model, zoo_models
     from .models.tokens import TokenLayout
+    from .plotting.cka import cka_figure, plot_cka
+    from .plotting.cost import cost_figure, plot_attention_share, plot_flops, plot_memory, plot_throughput
+    from .plotting.distance import distance_figure, plot_distance_by_depth, plot_sorted_heads
+    from .plotting.filters import filters_figure, plot_filters, plot_scree
+    from .plotting.locality import locality_figure, plot_locality
+    from .plotting.posembed import position_embedding_figure
+    from .plotting.receptive_field import plot_spread, receptive_field_figure
+    from .plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay
+    from .plotting.windows import plot_windowed_distance, windowed_distance_figure
     from .runtime.errors import ImageError, LabelError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
 
 
@@ -94,4 +108,13 @@ __all__ = [
     "ReceptiveField", "effective_receptive_field", "theoretical_receptive_field",
     "RolloutMaps", "attention_rollout",
     "deletion_curve", "mask_share", "pointing_hit",
+    "plot_distance_by_depth", "plot_sorted_heads", "distance_figure",
+    "plot_windowed_distance", "windowed_distance_figure",
+    "position_embedding_figure",
+    "plot_overlay", "contact_sheet_figure", "plot_deletion",
+    "plot_spread", "receptive_field_figure",
+    "plot_locality", "locality_figure",
+    "plot_filters", "plot_scree", "filters_figure",
+    "plot_cka", "cka_figure",
+    "plot_flops", "plot_memory", "plot_attention_share", "plot_throughput", "cost_figure",
 ]

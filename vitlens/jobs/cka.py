@@ -17,6 +17,7 @@ so every HSIC term, is the one a single process forms; the HSIC sums are then al
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -133,9 +134,10 @@ def run_cka(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out:
         save_figure(fig, out / "cka.svg")
         plt.close(fig)
         record.save(out / "run.json")
-        print(f"{res.model_a} vs {res.model_b}: {res.n_images} images in {res.n_batches} minibatches of "
-              f"{batch_size} ({res.n_batches_dropped} shorter dropped), {res.representation} representation; "
+        print(f"{res.model_a} vs {res.model_b}: {res.minibatches()}, {res.representation} representation; "
               f"wrote {out / 'cka.npy'}, cka.csv, cka.png, cka.svg and run.json")
+        if res.small_minibatch():
+            warnings.warn(res.reliability_note().replace("(batch size", "(--batch-size"), stacklevel=1)
     ctx.barrier()
     clear_partial(out, "cka", ctx.rank)
     ctx.close()

@@ -125,6 +125,8 @@ def run_compare(vit_specs: Sequence[Spec], cnn_specs: Sequence[Spec], images: Se
     ``run.json`` into ``out``. Every model is loaded and checked before any image is read."""
     import matplotlib.pyplot as plt
 
+    from ..plotting.locality import locality_figure
+
     if not vit_specs and not cnn_specs:
         raise VitlensError("nothing to compare: pass --vit NAME and/or --cnn NAME (for example --vit "
                            "vitlens/vit-tiny-shapes --cnn vitlens/resnet-tiny-shapes).")
@@ -141,9 +143,7 @@ def run_compare(vit_specs: Sequence[Spec], cnn_specs: Sequence[Spec], images: Se
     res = measure_locality(vits, cnns, ns, batch_size=batch_size, precision=precision, workers=workers,
                            progress=progress, record=record)
     save_csv(out / "locality.csv", res.to_frame())
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    res.plot(ax=ax)
-    fig.tight_layout()
+    fig = locality_figure(res)
     save_figure(fig, out / "locality.png")
     save_figure(fig, out / "locality.svg")
     plt.close(fig)

@@ -87,9 +87,7 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
             if ctx.is_main:
                 print(_summary(res))
     if ctx.is_main:
-        frame = pd.concat([r.to_frame() for r in results], ignore_index=True)
-        if len(results) == 1:
-            frame = frame.drop(columns="model")
+        frame = pd.concat([r.to_frame() for r in results], ignore_index=True)  # a model column, always
         save_csv(out / "attention_distance.csv", frame)
         fig = windowed_distance_figure(results) if any(map(is_windowed, results)) else distance_figure(results)
         save_figure(fig, out / "attention_distance.png")

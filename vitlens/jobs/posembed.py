@@ -2,10 +2,10 @@
 
 Writes, into ``--out``:
 
-- ``pos_embed_similarity.npy``: float32 ``[grid_h, grid_w, grid_h, grid_w]`` cosine similarities
-  (with several models, one file per model: ``pos_embed_similarity_<model>.npy``, where ``<model>``
-  is the model name with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by
-  ``_``, plus the checkpoint's file stem when one is given);
+- ``pos_embed_similarity_<model>.npy``, one per model (however many there are): float32
+  ``[grid_h, grid_w, grid_h, grid_w]`` cosine similarities, where ``<model>`` is the model name with
+  characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``, plus the
+  checkpoint's file stem when one is given (``pos_embed_summary.json`` names each model's file);
 - ``pos_embed_similarity.png`` and ``.svg``: the tile figure, models side by side;
 - ``pos_embed_summary.json``: per model, the distance correlation over all and over interior patches,
   the border-ring contrast, the row/column score and notes;
@@ -25,7 +25,6 @@ from .common import args_record, display_name, load_models, model_record
 
 __all__ = ["run_posembed", "register", "similarity_file_names"]
 
-SIMILARITY_NPY = "pos_embed_similarity.npy"
 FIGURE_STEM = "pos_embed_similarity"
 SUMMARY_JSON = "pos_embed_summary.json"
 RUN_JSON = "run.json"
@@ -54,12 +53,9 @@ CONVENTIONS = {
 
 
 def similarity_file_names(specs: Sequence[tuple[str, str | None]]) -> list[str]:
-    """The ``.npy`` file name of each ``(name, checkpoint)``: the plain name for one model, one per
-    model (made unique) for several."""
-    if len(specs) == 1:
-        return [SIMILARITY_NPY]
-    names = [f"{FIGURE_STEM}_{s}.npy" for s in model_slugs(specs)]
-    return names
+    """The ``.npy`` file name of each ``(name, checkpoint)``, one per model (made unique), named the
+    same way whether one model is given or several."""
+    return [f"{FIGURE_STEM}_{s}.npy" for s in model_slugs(specs)]
 
 
 def _fmt(v) -> str:

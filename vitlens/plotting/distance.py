@@ -8,7 +8,7 @@ import numpy as np
 
 from . import MODEL_COLORS, new_axes
 
-__all__ = ["plot_distance_by_depth", "plot_sorted_heads", "distance_figure"]
+__all__ = ["plot_distance_by_depth", "plot_sorted_heads", "distance_figure", "legend_below"]
 
 _UNIT_LABEL = {"px": "pixels", "patches": "patches", "fraction": "fraction of image side"}
 
@@ -33,7 +33,8 @@ def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True
     """x = network depth (layer, 1-based), y = mean attention distance; one dot per head.
 
     Several results (models) share the axes, each in its own colour, slightly offset; the dashed
-    line is uniform attention over all patches, the distance a head that looks everywhere has.
+    line is uniform attention over all patches, the distance a head that looks everywhere has. The
+    legend (models, and the dashed line's value) sits under the axes, never over a head.
     """
     ax = new_axes(ax, figsize=(6.0, 4.2))
     n = len(results)
@@ -46,13 +47,11 @@ def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True
                    label=f"{r.model} ({_images(r)})" if r.model else _images(r))
         if show_mean:
             ax.plot(np.arange(1, L + 1) + offset, np.nanmean(r.distance, axis=1), color=color, lw=1, alpha=0.6)
+    units = results[0].units if results else "px"
     if reference:
         for u in sorted({round(r.uniform, 2) for r in results}):
-            ax.axhline(u, color="0.4", ls="--", lw=1)
-            ax.annotate(f"uniform attention: {u:g}", xy=(0, u), xycoords=("axes fraction", "data"),
-                        xytext=(4, 3), textcoords="offset points", ha="left", va="bottom",
-                        fontsize=8, color="0.3")
-    units = results[0].units if results else "px"
+            ax.axhline(u, color="0.4", ls="--", lw=1, label=f"uniform attention over all patches: {u:g}"
+                       f"{ {'px': ' px', 'patches': ' patches'}.get(units, '')}")
     L = max(r.num_layers for r in results) if results else 1
     ax.set_xlabel("network depth (layer, from 1)")
     ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(units, units)})")
@@ -60,13 +59,20 @@ def plot_distance_by_depth(results: Sequence, ax=None, *, reference: bool = True
     ax.set_xlim(0.4, L + 0.6)
     ax.set_ylim(*_limits(results))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", frameon=False, markerscale=1.5)
+    legend_below(ax, markerscale=1.5)
     return ax
+
+
+def legend_below(ax, ncol: int = 1, **kwargs) -> None:
+    """The legend under the axes (below the x label), where it cannot hide a data point."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False, ncol=ncol,
+              borderaxespad=0, **kwargs)
 
 
 def plot_sorted_heads(result, ax=None, *, layers: Sequence[int] | None = None):
     """Raghu et al. style: each selected layer's heads sorted by distance (default: the two
-    lowest and the two highest layers). Returns the axes."""
+    lowest and the two highest layers); x counts the sorted heads from 1, the most local first.
+    Returns the axes."""
     import matplotlib.pyplot as plt
 
     ax = new_axes(ax, figsize=(5.0, 4.2))
@@ -79,15 +85,16 @@ def plot_sorted_heads(result, ax=None, *, layers: Sequence[int] | None = None):
         cmap = low if layer < L / 2 else high
         shade = 0.55 + 0.35 * (k % 2)
         vals = np.sort(result.distance[layer])
-        ax.plot(np.arange(H), vals, marker="o", ms=4, lw=1, color=cmap(shade), label=f"layer {layer + 1}")
-    ax.axhline(result.uniform, color="0.4", ls="--", lw=1)
-    ax.set_xlabel("attention head (sorted by distance)")
+        ax.plot(np.arange(1, H + 1), vals, marker="o", ms=4, lw=1, color=cmap(shade), label=f"layer {layer + 1}")
+    ax.axhline(result.uniform, color="0.4", ls="--", lw=1, label="uniform attention")
+    ax.set_xlabel("heads sorted by distance (1 = most local)")
     ax.set_ylabel(f"mean attention distance ({_UNIT_LABEL.get(result.units, result.units)})")
     ax.set_title(result.model or "", fontsize=9)
     ax.set_ylim(*_limits([result]))
-    ax.set_xticks(range(H))
+    ax.set_xticks(range(1, H + 1, max(1, H // 12)))
+    ax.set_xlim(0.5, H + 0.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    legend_below(ax, ncol=min(3, len(layers) + 1))
     return ax
 
 
@@ -96,7 +103,7 @@ def distance_figure(results: Sequence):
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(1, 1 + n, figsize=(6.2 + 4.3 * n, 4.4),
+    fig, axes = plt.subplots(1, 1 + n, figsize=(6.2 + 4.3 * n, 5.0),
                              gridspec_kw={"width_ratios": [1.45] + [1] * n})
     axes = np.atleast_1d(axes)
     plot_distance_by_depth(results, ax=axes[0])

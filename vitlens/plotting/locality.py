@@ -6,7 +6,7 @@ import numpy as np
 
 from . import MODEL_COLORS, new_axes
 
-__all__ = ["plot_locality"]
+__all__ = ["plot_locality", "locality_figure"]
 
 
 def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, reference: bool = True):
@@ -40,10 +40,8 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
         top = max(top, float(np.nanmax(d.distance, initial=0.0)), d.uniform)
         if reference and round(d.uniform, 3) not in drawn:  # one line and label per distinct reference
             drawn.add(round(d.uniform, 3))
-            ax.axhline(d.uniform, color="0.5", ls=":", lw=1)
-            ax.annotate(f"uniform attention, {side[0]} px input: {d.uniform:.1f}", xy=(1, d.uniform),
-                        xycoords=("axes fraction", "data"), xytext=(-4, 3), textcoords="offset points",
-                        ha="right", va="bottom", fontsize=7, color="0.35")
+            ax.axhline(d.uniform, color="0.5", ls=":", lw=1,
+                       label=f"uniform attention over the whole {side[0]} px input: {d.uniform:.1f} px")
     for f in result.fields:
         c = colors[f.model]
         x = np.asarray(f.depth_fraction, dtype=float)
@@ -64,3 +62,15 @@ def plot_locality(result, ax=None, *, heads: bool = True, band: bool = False, re
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1 if len(result.models) < 3 else 2,
               frameon=False)
     return ax
+
+
+def locality_figure(result, **kwargs):
+    """:func:`plot_locality` on a figure of its own: the axes keep their size, and the legend under
+    them adds to the figure's height (saved with a tight bounding box) instead of squeezing them.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(7.5, 4.8))
+    ax = fig.add_axes((0.1, 0.1, 0.86, 0.8))
+    plot_locality(result, ax=ax, **kwargs)
+    return fig

@@ -66,9 +66,28 @@ def plot_spread(results: Sequence, ax=None, *, x: str = "auto", band: bool = Tru
     ax.set_ylabel("distance from the centre unit (pixels)")
     ax.set_ylim(0, 1.05 * top)
     ax.grid(alpha=0.3)
-    # the legend sits outside the axes, never over the data
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += _style_key(band, uniform)
+    labels += [h.get_label() for h in _style_key(band, uniform)]
+    # the legend sits outside the axes, never over the data; its last entries say what each style means
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              borderaxespad=0)
     return ax
+
+
+def _style_key(band: bool, uniform: bool) -> list:
+    """Grey legend entries that say what each line style means (colours name the models)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    key = [Line2D([], [], color="0.3", marker="o", ms=4, lw=1.5, label="spread (line with dots)")]
+    if band:
+        key += [Patch(facecolor="0.85", edgecolor="0.45", hatch="//", lw=0, label="r50 to r90 (hatched band)"),
+                Line2D([], [], color="0.3", lw=0.8, ls=(0, (1, 1)), label="r50 (dotted edge)"),
+                Line2D([], [], color="0.3", lw=0.8, ls=(0, (4, 2)), label="r90 (dashed edge)")]
+    if uniform:
+        key.append(Line2D([], [], color="0.3", lw=1, ls=":", label="spread of a map even over the image"))
+    return key
 
 
 def _pick(n: int, k: int) -> list[int]:
@@ -128,11 +147,11 @@ def receptive_field_figure(results: Sequence, *, max_maps: int = 8):
     width = max(7.0, 1.7 * cols + 0.8)
     fig = plt.figure(figsize=(width, 4.2 + 2.1 * n))
     gs = fig.add_gridspec(1 + n, cols + 1, height_ratios=[2.0] + [1.0] * n,
-                          width_ratios=[1.0] * cols + [0.06], hspace=0.55, wspace=0.12)
+                          width_ratios=[1.0] * cols + [0.06], hspace=0.55, wspace=0.12,
+                          top=1 - 0.45 / fig.get_figheight(), bottom=0.5 / fig.get_figheight())
     ax = fig.add_subplot(gs[0, :cols])
     plot_spread(results, ax=ax)
-    ax.set_title("effective receptive field by depth: spread (line with dots), r50 (dotted edge) to r90 "
-                 "(dashed edge) as a hatched band per model, whole-image spread (dotted)", fontsize=9)
+    ax.set_title("effective receptive field by depth", fontsize=9)
     im = None
     for row, r in enumerate(results):
         k = len(_pick(r.num_layers, max_maps))

@@ -99,23 +99,30 @@ def contact_sheet_figure(result, images: Sequence[np.ndarray] | None = None, *, 
     n = max(len(idx), 1)
     ncols = ncols or max(1, math.ceil(math.sqrt(n)))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + 0.35) * nrows + 0.4), squeeze=False,
-                             layout="constrained")
+    width = max(8, int(tile * 72 / (_TITLE_SIZE * 0.62)))  # characters that fit over one tile
+    split = labels is not None and any(len(str(t)) > width for t in labels)  # then every label alike
+    titles = []
+    for k, i in enumerate(idx):
+        label = result.names[i]
+        if len(label) > width:
+            label = "..." + label[-(width - 3):]
+        if labels is not None:
+            label += "\n" + _fit(str(labels[k]), width, split)
+        elif result.target is not None and result.method != "rollout":
+            label += f"\nclass {int(result.target[i])}"
+        titles.append(label)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + 0.05 + 0.14 * lines) * nrows + 0.4),
+                             squeeze=False, layout="constrained")
     for k, ax in enumerate(axes.ravel()):
         if k >= len(idx):
             ax.axis("off")
             continue
         i = idx[k]
-        label = result.names[i]
-        if len(label) > 22:
-            label = "..." + label[-19:]
-        if labels is not None:
-            label += f"\n{labels[k]}"
-        elif result.target is not None and result.method != "rollout":
-            label += f"\nclass {int(result.target[i])}"
         plot_overlay(result.maps[i], None if images is None else images[k], layout=result.layout, ax=ax,
-                     alpha=alpha, cmap=cmap, interpolation=interpolation, scale=scale, title=label,
+                     alpha=alpha, cmap=cmap, interpolation=interpolation, scale=scale, title=titles[k],
                      colorbar=False)
+        ax.title.set_fontsize(_TITLE_SIZE)
     span = "its min to its max" if scale == "minmax" else "0 to its max"
     if colorbar and idx:
         import matplotlib as mpl
@@ -127,6 +134,19 @@ def contact_sheet_figure(result, images: Sequence[np.ndarray] | None = None, *, 
     fig.suptitle(title or f"{result.model}: {result.method}, {len(idx)} images (colour: each map from {span})",
                  fontsize=9)
     return fig
+
+
+_TITLE_SIZE = 7
+
+
+def _fit(text: str, width: int, split: bool = False) -> str:
+    """``text`` in lines of at most ``width`` characters, broken first at " / " (between the true
+    and the predicted class; always, with ``split``), then at spaces."""
+    import textwrap
+
+    if len(text) <= width and not split:
+        return text
+    return "\n".join(line for part in text.split(" / ") for line in textwrap.wrap(part, width) or [""])
 
 
 def plot_deletion(curve, ax=None, max_lines: int = 50, baseline=None):

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from . import MODEL_COLORS, new_axes
+from .distance import legend_below, plot_distance_by_depth
 
 __all__ = ["plot_windowed_distance", "windowed_distance_figure", "is_windowed"]
 
@@ -59,7 +60,7 @@ def plot_windowed_distance(result, ax=None, *, color: str | None = None, show_me
     ax.set_xlim(0.4, L + 0.6)
     ax.set_ylim(0, 1.25 * top)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="lower right", frameon=False, markerscale=1.5)
+    legend_below(ax, markerscale=1.5)
     return ax
 
 
@@ -68,10 +69,9 @@ def windowed_distance_figure(results: Sequence):
     ViT paper's plot. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from .distance import plot_distance_by_depth
 
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(6.6 * n, 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(6.6 * n, 5.0), squeeze=False)
     for i, (ax, r) in enumerate(zip(axes[0], results)):
         color = MODEL_COLORS[i % len(MODEL_COLORS)]
         if is_windowed(r):

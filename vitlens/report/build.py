@@ -298,6 +298,7 @@ def _run(out: Path, vit_models, cnn_models, steps: _Steps, *, default, images, m
 
     from ..analyses.embeddings.position import position_embedding_similarity
     from ..plotting.distance import distance_figure
+    from ..plotting.locality import locality_figure
     from ..plotting.posembed import position_embedding_figure
     from ..plotting.receptive_field import receptive_field_figure
     from ..plotting.rollout import contact_sheet_figure
@@ -397,8 +398,7 @@ def _run(out: Path, vit_models, cnn_models, steps: _Steps, *, default, images, m
         res = locality(distances, fields)
         save_csv(data / "locality.csv", res.to_frame())
         save_csv(data / "receptive_field.csv", pd.concat([f.to_frame() for f in fields], ignore_index=True))
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        res.plot(ax=ax)
+        fig = locality_figure(res)
         save_figure(fig, figs / "locality.png")
         plt.close(fig)
         fig = receptive_field_figure(fields)

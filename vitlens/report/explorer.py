@@ -108,7 +108,13 @@ _VIEWER = """
 <label>head <select id="ex-head"></select></label>
 <span id="ex-query"></span>
 </p>
+<div style="display:flex;align-items:stretch;gap:6px">
 <canvas id="ex-canvas" width="320" height="320" style="cursor:crosshair;border:1px solid #ddd"></canvas>
+<canvas id="ex-bar" width="14" height="320" style="border:1px solid #ddd"></canvas>
+<div style="display:flex;flex-direction:column;justify-content:space-between;font-size:12px">
+<span id="ex-top"></span><span id="ex-bar-label" style="writing-mode:vertical-rl;color:#555">attention
+weight from the query (this query's largest at the top)</span><span>0</span></div>
+</div>
 <p id="ex-stats" class="v"></p>
 <pre id="ex-values" hidden></pre>
 </div>
@@ -138,6 +144,18 @@ _VIEWER = """
   var sl = fill('ex-layer', L, function (i) { return String(i + 1); });
   var sh = fill('ex-head', H, function (i) { return String(i + 1); });
   var canvas = document.getElementById('ex-canvas'), ctx = canvas.getContext('2d');
+  // inferno, as in the report's rollout figures: dark for little attention, bright yellow for the most
+  var STOPS = [[0, 0, 4], [27, 12, 65], [74, 12, 107], [120, 28, 109], [165, 44, 96], [207, 68, 70],
+               [237, 105, 37], [251, 155, 6], [252, 255, 164]];
+  function colour(t) {
+    var x = Math.min(1, Math.max(0, t)) * (STOPS.length - 1), i = Math.min(STOPS.length - 2, Math.floor(x)), f = x - i;
+    return STOPS[i].map(function (c, j) { return Math.round(c + f * (STOPS[i + 1][j] - c)); });
+  }
+  (function () {  // the colour bar, bottom 0 to top the query's largest weight
+    var bar = document.getElementById('ex-bar'), b = bar.getContext('2d');
+    for (var y = 0; y < bar.height; y++) { var c = colour(1 - y / (bar.height - 1));
+      b.fillStyle = 'rgb(' + c.join(',') + ')'; b.fillRect(0, y, bar.width, 1); }
+  })();
   function row() {
     var e = D.images[sel.image], base = ((sel.layer * H + sel.head) * P + sel.query) * P;
     var scale = e.scale[(sel.layer * H + sel.head) * P + sel.query], out = [];
@@ -151,12 +169,14 @@ _VIEWER = """
     var pic = pics[sel.image];
     if (pic.complete) { ctx.drawImage(pic, 0, 0, canvas.width, canvas.height); } else { pic.onload = draw; }
     var best = 0, total = 0;
-    for (var k = 0; k < P; k++) {
+    for (var k = 0; k < P; k++) {  // opacity grows with the weight: the image shows where attention is low
       total += v[k]; if (v[k] > v[best]) { best = k; }
-      ctx.fillStyle = 'rgba(213,94,0,' + (0.85 * v[k] / top).toFixed(3) + ')';
+      var t = v[k] / top;
+      ctx.fillStyle = 'rgba(' + colour(t).join(',') + ',' + (0.35 + 0.55 * t).toFixed(3) + ')';
       ctx.fillRect((k %% gw) * cw, Math.floor(k / gw) * ch, cw, ch);
     }
-    ctx.strokeStyle = '#56B4E9'; ctx.lineWidth = 2;
+    document.getElementById('ex-top').textContent = top.toFixed(3);
+    ctx.strokeStyle = '#56B4E9'; ctx.lineWidth = 3;
     ctx.strokeRect((sel.query %% gw) * cw + 1, Math.floor(sel.query / gw) * ch + 1, cw - 2, ch - 2);
     var q = 'query patch: row ' + (Math.floor(sel.query / gw) + 1) + ', column ' + (sel.query %% gw + 1);
     document.getElementById('ex-query').textContent = q + ' (click the image to choose another)';

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..plotting import MODEL_COLORS, new_axes
-from ..plotting.distance import plot_distance_by_depth
+from ..plotting.distance import legend_below, plot_distance_by_depth
 
 __all__ = ["plot_mask_scores", "plot_local_heads", "sheet_labels"]
 
@@ -47,10 +47,9 @@ def plot_local_heads(results: Sequence, local_fraction: float, ax=None):
     as local (``local_fraction`` times uniform attention's distance). Returns the axes."""
     ax = plot_distance_by_depth(results, ax=ax)
     for u in sorted({round(r.uniform, 6) for r in results}):
-        ax.axhline(local_fraction * u, color="#D55E00", ls="-.", lw=1)
-        ax.annotate(f"local heads below {local_fraction:g} x uniform = {local_fraction * u:.1f}",
-                    xy=(0, local_fraction * u), xycoords=("axes fraction", "data"), xytext=(4, -10),
-                    textcoords="offset points", fontsize=7, color="#D55E00")
+        ax.axhline(local_fraction * u, color="#D55E00", ls="-.", lw=1,
+                   label=f"local heads below {local_fraction:g} x uniform = {local_fraction * u:.1f}")
+    legend_below(ax, markerscale=1.5)  # the legend again, with the threshold line in it
     lo, hi = ax.get_ylim()  # the range shows the data; widen it to show the local-head line too
     ax.set_ylim(min(lo, 0.9 * local_fraction * min(r.uniform for r in results)), hi)
     return ax

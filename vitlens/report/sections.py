@@ -166,9 +166,9 @@ def rollout_section(scores: pd.DataFrame, sheets) -> Section:
     readouts = set(scores.readout)
     target = ("the class token" if readouts == {"cls"} else "the patch tokens (mean over patch queries: no class "
               "token)" if readouts == {"patch_mean"} else "the class token, or the patch tokens for models without one")
-    figures = [Figure(src, f"Attention rollout of {name} over the first images, each titled with its true and "
-                      "predicted class (each map scaled from its minimum to its maximum; colour bar: 0 is a map's "
-                      "minimum, 1 its maximum).") for name, src in sheets]
+    figures = [Figure(src, f"Attention rollout of {name} over the first images, each titled with its file name"
+                      f"{_titles(scores[scores.model == name])} (each map scaled from its minimum to its maximum; "
+                      "colour bar: 0 is a map's minimum, 1 its maximum).") for name, src in sheets]
     if "mask_share" in scores and scores.mask_share.notna().any():
         figures.append(Figure("figures/rollout_mask_share.png",
                               "Each image's share of rollout mass on its object (coloured dots) beside the object's "
@@ -180,6 +180,16 @@ def rollout_section(scores: pd.DataFrame, sheets) -> Section:
         reading=[f"Attention flow from the input patches to {target} through all layers (Abnar & Zuidema "
                  "2020), with half of each layer's weight on the residual path.", " ".join(lines)],
         numbers=numbers, files=[("rollout_scores.csv", "data/rollout_scores.csv")], anchor="rollout")
+
+
+def _titles(g: pd.DataFrame) -> str:
+    """What a contact sheet's titles say beyond the file name: the true class only where it is known."""
+    known = lambda col: col in g and g[col].notna().any()  # noqa: E731
+    if known("label") and known("predicted"):
+        return " and its true and predicted class"
+    if known("predicted"):
+        return " and the model's predicted class (the true class of these images is not known)"
+    return ""
 
 
 def locality_section(res) -> Section:

@@ -49,7 +49,7 @@ def cka_section(vit, cnn, images, out: Path, *, batch_size: int, precision: str,
     import matplotlib.pyplot as plt
 
     from ..analyses.representations.cka import MIN_BATCH, layer_cka
-    from ..plotting.cka import cka_figure
+    from ..plotting.cka import cka_figure, colour_scale
 
     if len(images[0]) < MIN_BATCH or batch_size < MIN_BATCH:
         return Section("Representation similarity (CKA)", anchor="cka", reading=[
@@ -69,14 +69,16 @@ def cka_section(vit, cnn, images, out: Path, *, batch_size: int, precision: str,
     plt.close(fig)
     first = results[-1]
     numbers = [(f"{r.model_a} x {r.model_b}: CKA range", f"{np.min(r.cka):.2f} to {np.max(r.cka):.2f}") for r in results]
-    numbers.append(("minibatch, images", f"{first.batch_size} images per minibatch, {first.n_images} images "
-                                         f"({first.n_batches_dropped} short minibatches dropped)"))
+    numbers.append(("images and minibatches", first.minibatches()))
+    low = colour_scale(results)[0]
+    scale = "0 to 1" if low >= 0 else f"{low:g} to 1, values below 0 in blues"
+    note = [first.reliability_note()] if first.small_minibatch() else []
     return Section(
         "Representation similarity (CKA)",
         figures=[Figure("figures/cka.png", "Linear CKA between every pair of layers (unbiased HSIC per minibatch, "
-                        "averaged over minibatches; Nguyen, Raghu and Kornblith 2021), on one 0 to 1 scale.")],
+                        f"averaged over minibatches; Nguyen, Raghu and Kornblith 2021), on one {scale} scale.")],
         reading=["How the layers' representations relate, as Raghu et al. (2021) compare ViTs and ResNets: CKA 1 "
-                 "means the same representation up to rotation and scale."] + cka_reading(self_cka, cross),
+                 "means the same representation up to rotation and scale."] + cka_reading(self_cka, cross) + note,
         numbers=numbers, files=[("cka.csv", "data/cka.csv")], anchor="cka")
 
 

@@ -89,10 +89,11 @@ def summary_rows(result) -> tuple[str, list[tuple[str, str]]]:
         return "locality: attention distance and receptive fields", rows
     if kind == "CKAResult":
         same = result.model_a == result.model_b
-        return f"CKA: {result.model_a}" + ("" if same else f" vs {result.model_b}"), [
-            ("layers", f"{len(result.layers_a)} x {len(result.layers_b)}"),
-            ("images", f"{result.n_images} in {_plural(result.n_batches, 'minibatch')}"),
-            ("representation", result.representation)]
+        rows = [("layers", f"{len(result.layers_a)} x {len(result.layers_b)}"),
+                ("images", result.minibatches()), ("representation", result.representation)]
+        if result.small_minibatch():
+            rows.append(("warning", result.reliability_note()))
+        return f"CKA: {result.model_a}" + ("" if same else f" vs {result.model_b}"), rows
     if kind == "EmbeddingFilters":
         ev = np.asarray(result.explained_variance_ratio, dtype=float)
         return f"{name}: patch-embedding filters", [

@@ -31,6 +31,7 @@ Conventions (named parameters of :func:`layer_cka` where the literature disagree
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -51,6 +52,11 @@ __all__ = ["CKAResult", "CKAAccumulator", "FeatureReader", "layer_cka", "stream_
 
 REPRESENTATIONS = ("tokens", "cls", "mean")
 MIN_BATCH = 4
+#: Below this many images per minibatch (on average), each minibatch's unbiased HSIC estimate is so
+#: noisy that CKA values swing by tenths between image sets of the same kind; results say so.
+SMALL_MINIBATCH = 16
+#: The minibatch size results advise instead (the command's default).
+ADVISED_MINIBATCH = 32
 
 
 # --------------------------------------------------------------------------- estimator
@@ -339,6 +345,35 @@ class CKAResult:
                        "layer_order": "module registration order", "mode": MODE_RULE,
                        "was_training": [bool(m) for m in was_training]})
 
+    def minibatches(self) -> str:
+        """What the estimate was averaged over, in words: images, minibatches and their size, and
+        the images left out in minibatches under 4 (``"11 images in 1 minibatch of 11"``)."""
+        n, k = self.n_images, self.n_batches
+        text = f"{_count(n, 'image')} in {_count(k, 'minibatch', 'minibatches')}"
+        if n == k * self.batch_size or k == 1:
+            text += f" of {n // k}"
+        else:
+            text += f" of up to {self.batch_size} (mean {n / k:.1f})"
+        if self.n_batches_dropped:
+            text += (f"; {_count(self.n_images_dropped, 'image')} in "
+                     f"{_count(self.n_batches_dropped, 'shorter minibatch', 'shorter minibatches')} "
+                     f"(under {MIN_BATCH}) left out")
+        return text
+
+    def small_minibatch(self) -> bool:
+        """Whether the minibatches held fewer than :data:`SMALL_MINIBATCH` images on average."""
+        return self.n_images / max(self.n_batches, 1) < SMALL_MINIBATCH
+
+    def reliability_note(self) -> str:
+        """A warning in words when the minibatches are small (see :meth:`small_minibatch`), else ""."""
+        if not self.small_minibatch():
+            return ""
+        size = self.n_images / max(self.n_batches, 1)
+        return (f"CKA over minibatches of {size:.3g} images is noisy: the unbiased HSIC estimate of so small a "
+                f"minibatch varies widely, so values can differ by several tenths between image sets and can "
+                f"fall below 0. Use minibatches of at least {ADVISED_MINIBATCH} images (batch size "
+                f"{ADVISED_MINIBATCH} or more) and enough images for several of them.")
+
     def to_frame(self):
         """One row per (layer_a, layer_b) pair: ``model_a, layer_a, depth_a, model_b, layer_b, depth_b,
         cka, n_images, batch_size``; ``depth_*`` are depth fractions."""
@@ -358,6 +393,7 @@ class CKAResult:
                 "layers_b": list(self.layers_b), "representation": self.representation,
                 "batch_size": self.batch_size, "n_images": self.n_images, "n_batches": self.n_batches,
                 "n_batches_dropped": self.n_batches_dropped, "n_images_dropped": self.n_images_dropped,
+                "minibatches": self.minibatches(), "warning": self.reliability_note() or None,
                 "conventions": dict(self.conventions)}
 
     def plot(self, ax=None, **kwargs):
@@ -410,5 +446,12 @@ def layer_cka(model_a: nn.Module, images, model_b: nn.Module | None = None, *, i
 
     na = model_name(model_a, name_a)
     nb = model_name(model_b, name_b) if model_b is not None else (name_b or na)
-    return CKAResult.from_accumulator(acc, ra, rb, model_a=na, model_b=nb, batch_size=batch_size,
-                                      was_training=modes)
+    result = CKAResult.from_accumulator(acc, ra, rb, model_a=na, model_b=nb, batch_size=batch_size,
+                                        was_training=modes)
+    if result.small_minibatch():
+        warnings.warn(result.reliability_note(), stacklevel=2)
+    return result
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
