@@ -15,6 +15,7 @@ import warnings
 from typing import Sequence
 
 from .runtime.errors import VitlensError
+from .runtime.help import MODEL_NAMES, HelpFormatter
 
 __all__ = ["main", "build_parser", "COMMAND_HELP"]
 
@@ -38,7 +39,12 @@ COMMAND_HELP = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser that remembers, for one parse, which options were given: see :func:`_once`."""
+    """An argument parser that remembers, for one parse, which options were given (see :func:`_once`),
+    with :class:`HelpFormatter` unless another is asked for."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         self._given: dict[str, object] = {}
@@ -87,8 +93,7 @@ def _common(models: bool = True, images: bool = False, out: bool = True,
     g = p.add_argument_group("common options")
     if models:
         g.add_argument("--model", action="append", metavar="NAME",
-                       help="timm model name, optionally with a pretrained tag, or a shipped model "
-                            "(vitlens zoo); repeat for several models")
+                       help=f"{MODEL_NAMES}; repeat for several models")
         g.add_argument("--checkpoint", action="append", metavar="PATH",
                        help="local weights (safetensors, .pth, .pt, .bin) for the --model at the same "
                             "position; repeat in the order of --model")
@@ -111,6 +116,9 @@ def _common(models: bool = True, images: bool = False, out: bool = True,
         g.add_argument("--sample", action="store_true", help="with --num-images: a seeded random sample")
         g.add_argument("--workers", type=int, default=0, metavar="N",
                        help="image-decoding worker processes (default 0: decode in the main process)")
+        g.add_argument("--max-image-pixels", type=int, default=89_478_485, metavar="N",
+                       help="skip image files with more than N pixels, a guard against decompression bombs "
+                            "(default: Pillow's limit, 89478485; 0: no limit)")
     g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -148,7 +156,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="vitlens", description="See inside Vision Transformers: attention distance, position "
         "embeddings, rollout, and ViT-vs-CNN locality, on timm models.")
     parser.add_argument("--version", action="version", version=f"vitlens {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("info", parents=[_common(out=False, seed=False)],
                        help="print a model's token layout and attention blocks (the shipped models with "
@@ -195,7 +203,7 @@ def _command_of(argv: Sequence[str]) -> str:
 # Lowest accepted value of numeric options, by destination; a command checks only those it has.
 _MINIMUM = {"batch_size": 1, "workers": 0, "num_images": 1, "erf_images": 1, "repeats": 1, "shots": 1, "warmup": 0,
             "n_components": 1, "n_tokens": 0, "tile_step": 1, "deletion_steps": 0, "sheet_max": 1, "input_size": 1,
-            "cost_repeats": 1, "cost_sizes": 1}
+            "cost_repeats": 1, "cost_sizes": 1, "max_image_pixels": 0}
 
 
 def _check_values(args: argparse.Namespace, accepted: set[str]) -> None:
@@ -354,9 +362,35 @@ def _main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=UserWarning, module="timm")
             warnings.formatwarning = lambda m, c, *a, **k: f"vitlens: warning: {m}\n"
         try:
-            return _run(args, debug, out, fresh, accepted, before)
+            with _warnings_after_the_bars():
+                return _run(args, debug, out, fresh, accepted, before)
         finally:
             warnings.formatwarning = saved_format
+
+
+@contextlib.contextmanager
+def _warnings_after_the_bars():
+    """Warnings raised within the block (a skipped file, say) are held and issued again on exit,
+    in order, once the progress bars are gone: printed while a bar is drawn, each would land in
+    the middle of the bar's line. Issued with :func:`warnings.warn_explicit`, they meet the
+    caller's filters and display (or recording) as they would have."""
+    held: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            held = caught
+            yield
+    finally:
+        for w in held:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _pixel_limit(args: argparse.Namespace):
+    """The ``--max-image-pixels`` limit for the image sets the command reads (0: none)."""
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:
+        return contextlib.nullcontext()
+    from .data.images import pixel_limit
+    return pixel_limit(limit or None)
 
 
 def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, accepted: set[str],
@@ -366,7 +400,7 @@ def _run(args: argparse.Namespace, debug: bool, out: str | None, fresh: bool, ac
 
     try:
         _check_values(args, accepted)
-        with figure_formats(["pdf"] if getattr(args, "pdf", False) else []):
+        with figure_formats(["pdf"] if getattr(args, "pdf", False) else []), _pixel_limit(args):
             return int(args.func(args) or 0)
     except Interrupted as e:  # stopped between batches: partial sums saved, or nothing kept
         _say(str(e), prefix="vitlens: ")

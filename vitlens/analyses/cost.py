@@ -52,6 +52,7 @@ import torch.nn as nn
 from ..capture.attention import attention_modules
 from ..models.families.registry import forward_of
 from ..models.layout import is_vit, token_layout
+from ..models.loading import model_name
 from ..runtime.errors import UnsupportedModelError, VitlensError
 from ..runtime.precision import autocast, check_precision
 
@@ -220,7 +221,9 @@ def peak_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
         return int(torch.cuda.max_memory_allocated(dev) - before), "cuda-allocator"
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from ..runtime.quiet import quiet_profiler
+
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with torch.no_grad(), autocast(dev, precision):
             forward_of(model)(x)
     events = prof.profiler.kineto_results.events()  # allocations (+bytes) and frees (-bytes), all threads
@@ -532,7 +535,9 @@ def cost_profile(model: nn.Module | Sequence[nn.Module], input_sizes: Sequence[i
         batch_size: batch of the throughput and of the second memory measurement (the first is 1).
         precision: ``fp32``, or ``bf16``/``fp16`` autocast, for memory and throughput (FLOPs are
             counted in fp32: the count does not depend on the dtype).
-        name: display names, one per model (default: the class name).
+        name: display names, one per model (default: the name each was loaded by, as
+            :func:`~vitlens.load_model` records it, numbered where two would be the same; the class
+            name for a model built otherwise).
 
     Raises:
         VitlensError: a size that is not a positive whole number, or one a model cannot take.
@@ -540,7 +545,8 @@ def cost_profile(model: nn.Module | Sequence[nn.Module], input_sizes: Sequence[i
     check_precision(precision)
     models = [model] if isinstance(model, nn.Module) else list(model)
     names = [name] if isinstance(name, str) else list(name or [])
-    names += [type(m).__name__ for m in models[len(names):]]
+    names += [model_name(m) for m in models[len(names):]]
+    names = [n if names.count(n) == 1 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise VitlensError(f"batch size and repeats must be at least 1 and warmup at least 0, got "
                            f"{batch_size}, {repeats} and {warmup}.")

@@ -7,6 +7,8 @@ that cannot be read is skipped with a warning and recorded with its reason; it n
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import random
 import warnings
@@ -21,10 +23,26 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..runtime.errors import ImageError
 
-__all__ = ["find_images", "open_rgb", "model_transform", "ImageSet", "Skipped", "IMAGE_EXTENSIONS"]
+__all__ = ["find_images", "open_rgb", "model_transform", "ImageSet", "Skipped", "IMAGE_EXTENSIONS",
+           "pixel_limit", "DEFAULT_MAX_PIXELS"]
 
 IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+_MAX_PIXELS: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_pixels", default=DEFAULT_MAX_PIXELS)
+_FROM_CONTEXT = object()
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Within the block, image sets made without an explicit ``max_pixels`` refuse files with more
+    than ``max_pixels`` pixels (None: no limit) instead of :data:`DEFAULT_MAX_PIXELS`, Pillow's own
+    decompression-bomb threshold. The limit is this context's only: Pillow's module-wide setting is
+    never changed beyond the one file being opened (see :func:`open_rgb`)."""
+    token = _MAX_PIXELS.set(max_pixels)
+    try:
+        yield
+    finally:
+        _MAX_PIXELS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,7 @@ def open_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
             return _decode(path, max_pixels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"image is over the limit of {max_pixels} pixels (a decompression-bomb "
-                         f"guard): {e}") from None
+                         f"guard; a larger one: --max-image-pixels N, or max_pixels=N): {e}") from None
     except (OSError, ValueError, MemoryError):
         raise
     except Exception as e:
@@ -162,8 +180,8 @@ def _decode(path, max_pixels: int | None) -> Image.Image:
 def _convert(img: Image.Image, max_pixels: int | None) -> Image.Image:
     """Check the size, decode the pixels, turn them upright and convert to 8-bit RGB."""
     if max_pixels is not None and img.width * img.height > max_pixels:
-        raise ValueError(f"{img.width} x {img.height} pixels is over the limit of "
-                         f"{max_pixels} (a decompression-bomb guard)")
+        raise ValueError(f"{img.width} x {img.height} pixels is over the limit of {max_pixels} (a "
+                         f"decompression-bomb guard; a larger one: --max-image-pixels N, or max_pixels=N)")
     if img.width < 1 or img.height < 1:
         raise ValueError(f"the image has no pixels ({img.width} x {img.height})")
     img.load()
@@ -235,11 +253,13 @@ class ImageSet:
 
     @classmethod
     def for_model(cls, model: nn.Module, paths, *, input_size=None, num_images=None, sample=False,
-                  seed=0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "ImageSet":
-        """Images under ``paths`` with ``model``'s eval preprocessing."""
+                  seed=0, max_pixels=_FROM_CONTEXT) -> "ImageSet":
+        """Images under ``paths`` with ``model``'s eval preprocessing; files over ``max_pixels``
+        pixels are skipped (default: :data:`DEFAULT_MAX_PIXELS`, or the :func:`pixel_limit` in force;
+        None: no limit)."""
         transform, _ = model_transform(model, input_size)
         files = find_images(paths, num_images=num_images, sample=sample, seed=seed)
-        return cls(files, transform, max_pixels)
+        return cls(files, transform, _MAX_PIXELS.get() if max_pixels is _FROM_CONTEXT else max_pixels)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ..data.images import ImageSet
 from ..models.layout import token_layout
 from ..models.loading import load_model, model_source
 from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.progress import progress_bar
 
 __all__ = ["model_specs", "load_models", "images_for", "progress", "model_record", "display_name", "args_record",
            "distinct_names"]
@@ -70,9 +69,9 @@ def images_for(model: nn.Module, args: argparse.Namespace, input_size=None) -> I
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "img",
              enabled: bool = True):
-    """A tqdm progress bar on stderr (hidden when ``enabled`` is False)."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+    """A tqdm progress bar on stderr (hidden when ``enabled`` is False, and nested in a log: see
+    :func:`vitlens.runtime.progress.progress_bar`)."""
+    return progress_bar(iterable, total=total, desc=desc, unit=unit, enabled=enabled)
 
 
 def display_name(model: nn.Module) -> str:

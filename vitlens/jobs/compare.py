@@ -15,6 +15,7 @@ from ..capture.attention import attention_modules
 from ..capture.outputs import default_layers
 from ..models.layout import is_vit, token_layout
 from ..runtime.errors import UnsupportedModelError, VitlensError
+from ..runtime.help import MODEL_NAMES
 from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
 from ..runtime.precision import PRECISIONS
 from .common import args_record, display_name, distinct_names, images_for, load_models, model_record
@@ -165,8 +166,8 @@ def _pairs(names: list[str], ckpts: list[str], flag: str) -> list[Spec]:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--vit``, ``--cnn`` and their checkpoints (read back with :func:`model_pairs`)."""
-    p.add_argument("--vit", action="append", default=[], metavar="NAME", help="a ViT (timm name or shipped model); repeat")
-    p.add_argument("--cnn", action="append", default=[], metavar="NAME", help="a CNN (timm name or shipped model); repeat")
+    p.add_argument("--vit", action="append", default=[], metavar="NAME", help=f"a ViT: {MODEL_NAMES}; repeat")
+    p.add_argument("--cnn", action="append", default=[], metavar="NAME", help=f"a CNN: {MODEL_NAMES}; repeat")
     p.add_argument("--vit-checkpoint", action="append", default=[], metavar="PATH",
                    help="local weights for the --vit at the same position")
     p.add_argument("--cnn-checkpoint", action="append", default=[], metavar="PATH",

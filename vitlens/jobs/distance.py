@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # The analysis, torch and timm are imported when the job runs, so that help and argument errors
 # answer at once.
 
-__all__ = ["run_distance", "register", "PRODUCTS"]
+__all__ = ["run_distance", "register", "PRODUCTS", "in_units"]
 
 PRODUCTS = ["attention_distance.csv", "attention_distance.png", "attention_distance.svg", "run.json"]
 
@@ -114,19 +114,34 @@ def _check_layout(model) -> None:
         token_layout(model)
 
 
+def in_units(value: float, units: str) -> str:
+    """A distance in words: ``31.5 px``, ``3.94 patches``, ``0.492 of the image side``."""
+    if units == "fraction":
+        return f"{value:.3f} of the image side"
+    if units == "patches":
+        return f"{value:.2f} patch{'' if value == 1 else 'es'}"
+    return f"{value:.1f} {units}"
+
+
 def _summary(r: AttentionDistance) -> str:
     import numpy as np
 
+    u = r.units
     if hasattr(r, "uniform_by_layer"):  # windowed: per-block references, heads padded with NaN
         per_layer = np.nanmean(r.distance, axis=1)
+        if u == "patches":  # each block's own feature map
+            u = "steps of the block's feature map"
+            fmt = lambda v: f"{v:.2f} {u}"  # noqa: E731
+        else:
+            fmt = lambda v: in_units(v, u)  # noqa: E731
         return (f"{r.model}: {r.n_images} images, {r.num_layers} attention blocks in {len(set(r.stage.tolist()))} "
-                f"stages; mean distance {per_layer[0]:.1f} {r.units} in block 1 (uniform window: "
-                f"{r.uniform_by_layer[0]:.1f}) to {per_layer[-1]:.1f} {r.units} in block {r.num_layers} "
-                f"(uniform over its allowed keys: {r.uniform_by_layer[-1]:.1f})")
+                f"stages; mean distance {fmt(per_layer[0])} in block 1 (uniform window: "
+                f"{fmt(r.uniform_by_layer[0])}) to {fmt(per_layer[-1])} in block {r.num_layers} "
+                f"(uniform over its allowed keys: {fmt(r.uniform_by_layer[-1])})")
     per_layer = r.distance.mean(1)
     return (f"{r.model}: {r.n_images} images, {r.num_layers} layers x {r.num_heads} heads; mean distance "
-            f"{per_layer[0]:.1f} {r.units} in layer 1 to {per_layer[-1]:.1f} {r.units} in layer {r.num_layers} "
-            f"(uniform attention: {r.uniform:.1f} {r.units})")
+            f"{in_units(per_layer[0], u)} in layer 1 to {in_units(per_layer[-1], u)} in layer {r.num_layers} "
+            f"(uniform attention: {in_units(r.uniform, u)})")
 
 
 def register(subparsers, common) -> None:

@@ -34,6 +34,9 @@ def register(subparsers, common) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the generated images and of --random-init weights (default 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
+    p.add_argument("--max-image-pixels", type=int, default=89_478_485, metavar="N",
+                   help="skip image files with more than N pixels, a guard against decompression bombs "
+                        "(default: Pillow's limit, 89478485; 0: no limit)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward (and backward) pass precision of every analysis (reductions in float32)")
     p.add_argument("--local-fraction", type=float, default=LOCAL_FRACTION, metavar="F",

@@ -590,7 +590,7 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         UnsupportedModelError: a model without attention vitlens can read (a CNN, for instance).
         RolloutSettingsError: a setting out of range, or a target class the model does not have.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     stream = iter_rollout(
         model, images, method=method, head_fusion=head_fusion, discard_ratio=discard_ratio,
@@ -598,7 +598,7 @@ def attention_rollout(model: nn.Module, images, *, method: str = "rollout", head
         target_class=target_class, readout=readout, batch_size=batch_size, workers=workers,
         name=name, precision=precision)
     parts = []
-    with tqdm(total=None, desc="rollout", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=None, desc="rollout", unit="img", enabled=progress) as bar:
         for _, part in stream:
             parts.append(part)
             bar.update(len(part))

@@ -85,14 +85,14 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
         progress: show a progress bar.
         workers: image-decoding worker processes for an ImageSet.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     check_images(images)
     if isinstance(images, torch.Tensor) and input_size is None:
         input_size = tuple(images.shape[-2:])
     acc = new_accumulator(model, input_size, prefix_tokens=prefix_tokens, units=units)
     total = num_images(images)
-    with tqdm(total=total, desc="attention distance", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="attention distance", unit="img", enabled=progress) as bar:
         for idx in stream_distance(model, images, acc, batch_size=batch_size, precision=precision,
                                    workers=workers):
             bar.update(len(idx))

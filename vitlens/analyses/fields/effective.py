@@ -561,9 +561,9 @@ def effective_receptive_field(model: nn.Module, images, *, layers: Sequence[str]
                                     input_gradient=input_gradient, unit_position=unit_position,
                                     precision=precision)
     total = num_images(images)
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
-    with tqdm(total=total, desc="receptive field", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="receptive field", unit="img", enabled=progress) as bar:
         for idx in stream_receptive_field(acc, images, batch_size=batch_size, workers=workers):
             bar.update(len(idx))
     n = int(acc.n_images[0])

@@ -426,7 +426,7 @@ def layer_cka(model_a: nn.Module, images, model_b: nn.Module | None = None, *, i
         batch_size: the CKA minibatch size (the estimate depends on it; batches under 4 are dropped).
         precision: forward pass in ``fp32``, ``bf16`` or ``fp16`` (autocast); Gram matrices in float64.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     from ...models.loading import model_name
 
@@ -438,7 +438,7 @@ def layer_cka(model_a: nn.Module, images, model_b: nn.Module | None = None, *, i
     rb = None if shared else FeatureReader(model_b or model_a, layers_b, representation=representation,
                                            precision=precision)
     acc = CKAAccumulator(ra.layers, None if shared else rb.layers)
-    with tqdm(total=num_images(images), desc="cka", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=num_images(images), desc="cka", unit="img", enabled=progress) as bar:
         for idx in stream_cka(acc, ra, images, rb, images_b, batch_size=batch_size, workers=workers):
             bar.update(len(idx))
     if hasattr(images, "check_used"):

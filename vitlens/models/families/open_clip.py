@@ -12,7 +12,9 @@ probabilities only inside ``scaled_dot_product_attention`` and is refused. The m
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -228,6 +230,38 @@ class OpenClipAdapter(FamilyAdapter):
 
 # --------------------------------------------------------------------------- loading
 
+_RANDOM_NOTICE = "No pretrained weights loaded for model"
+
+
+class _AsWithoutHandlers(logging.Handler):
+    """Passes a record on as Python's logging does when the root logger has no handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
+
+
+@contextlib.contextmanager
+def _without_random_weights_notice():
+    """Within the block, open_clip's notice that it built random weights is dropped, and its
+    ``logging.warning`` call does not configure the root logger (``basicConfig``, which would print
+    ``WARNING:root:`` before every later message of the process). Every other record is passed on
+    as before, and the root logger is left as it was."""
+    root = logging.getLogger()
+    keep = lambda record: _RANDOM_NOTICE not in record.getMessage()  # noqa: E731
+    stand_in = None if root.handlers else _AsWithoutHandlers()
+    root.addFilter(keep)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+
+
 def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | None = None,
          device: str | torch.device = "cpu") -> nn.Module:
     """Build ``open_clip:<architecture>[:<pretrained tag>]`` (e.g. ``open_clip:ViT-B-32:openai``).
@@ -251,7 +285,8 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
                                                                          if close else " See open_clip.list_models()."))
     source = {"name": name, "architecture": arch, "tag": tag or None}
     if checkpoint is not None or not pretrained or not tag:
-        model = open_clip.create_model(arch, pretrained=None)
+        with _without_random_weights_notice():  # vitlens records and reports the weights itself
+            model = open_clip.create_model(arch, pretrained=None)
         if checkpoint is not None:
             load_strict(model, name, checkpoint)
         source["weights"] = f"checkpoint:{Path(checkpoint)}" if checkpoint is not None else "random"
