@@ -62,11 +62,12 @@ def test_locality_labels_the_two_measures_apart(tiny):
     res = locality([d, dataclasses.replace(d, model="b")], [f])
     ax = res.plot()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert len(labels) == len(set(labels)) == 3
+    assert len(labels) == len(set(labels)) == 4
     assert sum("attention distance, mean over all queries" in t for t in labels) == 2
     assert sum("gradient spread of the centre unit" in t for t in labels) == 1
-    notes = [t.get_text() for t in ax.texts if t.get_text().startswith("uniform attention")]
-    assert len(notes) == 1                                       # one reference, stated once
+    notes = [t for t in labels if t.startswith("uniform attention")]
+    assert len(notes) == 1                                       # one reference, stated once, in the legend
+    assert not [t for t in ax.texts if t.get_text().startswith("uniform attention")]  # not over the data
     plt.close(ax.figure)
     caption = sec.locality_section(locality([d], [f])).figures[0].alt
     assert "Two different quantities" in caption and "one centre unit" in caption
