@@ -72,6 +72,12 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .plotting.posembed import position_embedding_figure
     from .plotting.receptive_field import plot_spread, receptive_field_figure
     from .plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay
+    from .plotting.tokens import (
+        high_norm_positions_figure,
+        plot_high_norm_positions,
+        plot_norm_histogram,
+        token_norms_figure,
+    )
     from .plotting.windows import plot_windowed_distance, windowed_distance_figure
     from .runtime.errors import ImageError, LabelError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
 
@@ -117,4 +123,5 @@ __all__ = [
     "plot_filters", "plot_scree", "filters_figure",
     "plot_cka", "cka_figure",
     "plot_flops", "plot_memory", "plot_attention_share", "plot_throughput", "cost_figure",
+    "plot_norm_histogram", "plot_high_norm_positions", "token_norms_figure", "high_norm_positions_figure",
 ]

@@ -24,6 +24,7 @@ FIGURES = {
     "filters": ("plot_filters", "plot_scree", "filters_figure"),
     "cka": ("plot_cka", "cka_figure"),
     "cost": ("plot_flops", "plot_memory", "plot_attention_share", "plot_throughput", "cost_figure"),
+    "tokens": ("plot_norm_histogram", "plot_high_norm_positions", "token_norms_figure", "high_norm_positions_figure"),
 }
 _MODULE_OF = {name: module for module, names in FIGURES.items() for name in names}
 

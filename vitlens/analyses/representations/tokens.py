@@ -345,7 +345,7 @@ def token_norms(model: nn.Module, images, *, norm_factor: float = DEFAULT_NORM_F
         UnsupportedModelError: not a ViT with one token sequence and one readable attention per block.
         ValueError: a bad ``norm_factor``, ``attention_block`` or ``precision``.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     from ...models.loading import model_name
 
@@ -370,7 +370,7 @@ def token_norms(model: nn.Module, images, *, norm_factor: float = DEFAULT_NORM_F
         hist.add((block, _PATCH), norms[:, P:][ok[:, P:]])
 
     total = num_images(images) if indices is None else len(indices)
-    with tqdm(total=2 * total, desc="token norms", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=2 * total, desc="token norms", unit="img", enabled=progress) as bar:
         for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
             _forward(model, plan, x, add_norms, None, precision)
             bar.update(len(idx))
