@@ -71,7 +71,10 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .plotting.locality import locality_figure, plot_locality
     from .plotting.posembed import position_embedding_figure
     from .plotting.receptive_field import plot_spread, receptive_field_figure
+    from .plotting.localization import localization_figure, plot_localization
+    from .plotting.probes import plot_probes, probes_figure
     from .plotting.rollout import contact_sheet_figure, plot_deletion, plot_overlay
+    from .plotting.skip import plot_skip_ratios, plot_skip_tokens, skip_figure
     from .plotting.tokens import (
         high_norm_positions_figure,
         plot_high_norm_positions,
@@ -124,4 +127,6 @@ __all__ = [
     "plot_cka", "cka_figure",
     "plot_flops", "plot_memory", "plot_attention_share", "plot_throughput", "cost_figure",
     "plot_norm_histogram", "plot_high_norm_positions", "token_norms_figure", "high_norm_positions_figure",
+    "plot_skip_ratios", "plot_skip_tokens", "skip_figure", "plot_localization", "localization_figure",
+    "plot_probes", "probes_figure",
 ]

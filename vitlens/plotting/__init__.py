@@ -25,6 +25,9 @@ FIGURES = {
     "cka": ("plot_cka", "cka_figure"),
     "cost": ("plot_flops", "plot_memory", "plot_attention_share", "plot_throughput", "cost_figure"),
     "tokens": ("plot_norm_histogram", "plot_high_norm_positions", "token_norms_figure", "high_norm_positions_figure"),
+    "skip": ("plot_skip_ratios", "plot_skip_tokens", "skip_figure"),
+    "localization": ("plot_localization", "localization_figure"),
+    "probes": ("plot_probes", "probes_figure"),
 }
 _MODULE_OF = {name: module for module, names in FIGURES.items() for name in names}
 

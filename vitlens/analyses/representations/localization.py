@@ -299,7 +299,7 @@ def spatial_localization(model: nn.Module, images, *, layer: str | None = None, 
         UnsupportedModelError: the layer's output is not a token sequence or a feature map.
         ValueError: ``batch_size`` under 4, or no minibatch of 4 images.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     from ...models.loading import model_name
 
@@ -307,7 +307,7 @@ def spatial_localization(model: nn.Module, images, *, layer: str | None = None, 
         raise ValueError(f"batch_size must be at least {MIN_BATCH} for the unbiased HSIC estimator, got {batch_size}")
     was_training = model.training
     acc, tokens, patches = new_accumulator(model, images, layer, precision=precision)
-    with tqdm(total=num_images(images), desc="localization", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=num_images(images), desc="localization", unit="img", enabled=progress) as bar:
         for idx in stream_cka(acc, tokens, images, patches, None, batch_size=batch_size, workers=workers):
             bar.update(len(idx))
     if hasattr(images, "check_used"):

@@ -269,13 +269,13 @@ def skip_ratios(model: nn.Module, images, *, n_tokens: int = N_TOKENS, cnn_norm:
     Raises:
         UnsupportedModelError: the model's residual branches cannot be read.
     """
-    from tqdm.auto import tqdm
+    from ...runtime.progress import progress_bar
 
     from ...models.loading import model_name
 
     acc = new_accumulator(model, n_tokens=n_tokens, cnn_norm=cnn_norm)
     was_training = model.training
-    with tqdm(total=num_images(images), desc="skip", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=num_images(images), desc="skip", unit="img", enabled=progress) as bar:
         for idx in stream_skip(model, images, acc, batch_size=batch_size, precision=precision, workers=workers):
             bar.update(len(idx))
     if hasattr(images, "check_used"):
