@@ -21,7 +21,8 @@ from vitlens.models.loading import load_model
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
            "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
-           "receptive_field.png", "less_data.png", "cka.png", "cost.png", "locality_sweep.png"]
+           "receptive_field.png", "less_data.png", "cka.png", "skip.png", "localization.png", "probes.png",
+           "cost.png", "locality_sweep.png"]
 EXPLORER_PICK = (1, 3, 2, 10)  # image, layer (from 1), head (from 1), query patch
 
 

@@ -45,7 +45,7 @@ def test_plan_of_chosen_sections_counts_only_their_steps(real_size):
     p = report_plan([vit], [cnn], n_images=8, sections="posembed")
     assert p["sections"] == ("posembed",) and p["cost"] is None
     assert p["steps"] == {"images": 1, "distance": 0, "posembed": 1, "rollout": 0, "locality": 0, "cka": 0,
-                          "cost": 0, "page": 1}
+                          "skip": 0, "localization": 0, "probes": 0, "cost": 0, "page": 1}
     assert report_plan([vit], [cnn], n_images=8, sections=["locality"])["steps"]["distance"] == 1
 
 

@@ -37,7 +37,8 @@ def _probe_images(label_roots: Sequence[Path]):
         check_classes(labelled.labels, PROBE_SHOTS, labelled.class_names)
         return labelled, None
     except VitlensError as e:
-        return None, f"The probes were not run: {e}"
+        why = str(e).replace("Use fewer --shots or more images.", f"The report probes with {PROBE_SHOTS} shots per class.")
+        return None, f"The probes were not run: {why}"
 
 
 def representation_sections(chosen: Sequence[str], models, names: Sequence[str], sets, out: Path, *,
@@ -67,13 +68,13 @@ def representation_sections(chosen: Sequence[str], models, names: Sequence[str],
     figs, data = out / "figures", out / "data"
     sections: list[Section] = []
 
-    def each(what: str, run) -> tuple[list, list[str]]:
+    def each(what: str, run, errors=(UnsupportedModelError,)) -> tuple[list, list[str]]:
         done, refused = [], []
         for m, name in zip(models, names):
             start(f"{what} {name}")
             try:
                 done.append(run(m, name))
-            except UnsupportedModelError as e:
+            except errors as e:
                 refused.append(f"{name}: {e}")
         return done, refused
 
@@ -92,15 +93,22 @@ def representation_sections(chosen: Sequence[str], models, names: Sequence[str],
             save_figure(fig, figs / "skip.png")
             plt.close(fig)
             sections.append(finish(rep.skip_section(done), refused))
+        elif refused:
+            sections.append(Section(REPRESENTATION_SECTIONS["skip"], anchor="skip",
+                                    reading=["Not measured: " + " ".join(refused)]))
     if "localization" in chosen:
         done, refused = each("spatial localisation", lambda m, n: spatial_localization(
-            m, sets[id(m)], batch_size=batch_size, precision=precision, workers=workers, name=n))
+            m, sets[id(m)], batch_size=batch_size, precision=precision, workers=workers, name=n),
+            errors=(UnsupportedModelError, ValueError))  # ValueError: too few images for one CKA minibatch
         if done:
             save_csv(data / "localization.csv", pd.concat([r.to_frame() for r in done], ignore_index=True))
             fig = localization_figure(done)
             save_figure(fig, figs / "localization.png")
             plt.close(fig)
             sections.append(finish(rep.localization_section(done), refused))
+        elif refused:
+            sections.append(Section(REPRESENTATION_SECTIONS["localization"], anchor="localization",
+                                    reading=["Not measured: " + " ".join(refused)]))
     if "probes" in chosen:
         labelled, why = _probe_images(label_roots)
         done, refused = [], []
