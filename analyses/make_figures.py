@@ -25,7 +25,8 @@ from vitlens.report import run_report
 from vitlens.runtime.io import versions, write_json
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png", "rollout_mask_share.png",
-           "locality.png", "receptive_field.png", "less_data.png", "cka.png", "cost.png"]
+           "locality.png", "receptive_field.png", "less_data.png", "cka.png", "skip.png", "localization.png",
+           "probes.png", "cost.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +63,39 @@ def main(argv: list[str] | None = None) -> int:
                     for e in json.loads((rep / "data" / "position_embeddings.json").read_text())}
         cka = _cka_numbers(pd.read_csv(rep / "data" / "cka.csv"))
         cost = json.loads((rep / "data" / "cost.json").read_text())["reading"]
+        representations = _representation_numbers(rep / "data")
     write_json(out / "summary.json", {
         "command": " ".join(["python", "analyses/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
         "images": record["images"], "locality": record["summary"], "rollout": rollout, "local_heads": local,
-        "position_embeddings": posembed, "cka": cka, "cost_reading": cost,
+        "position_embeddings": posembed, "cka": cka, "cost_reading": cost, **representations,
         "models": [{k: m.get(k) for k in ("name", "weights", "held_out_accuracy")} for m in record["models"]],
         "versions": versions()})
     print(f"wrote {len(FIGURES)} figures and summary.json to {out}")
     return 0
+
+
+def _representation_numbers(data: Path) -> dict:
+    """The skip-ratio, localisation and probe numbers the README quotes, per model."""
+    skip = pd.read_csv(data / "skip_ratio.csv")
+    out: dict = {"skip": {}, "localization": {}, "probes": {}}
+    for m, g in skip.groupby("model", sort=False):
+        n = int(g.block.max()) + 1
+        first, second = g[g.block < n // 2], g[g.block >= n - n // 2]
+        entry = {"mean": float(g.ratio.mean()),
+                 "by_sublayer": {k: float(v.ratio.mean()) for k, v in g.groupby("sublayer", sort=False)}}
+        if (g.token_kind == "prefix").any():
+            entry.update({f"{kind}_{half}": float(h[h.token_kind == kind].ratio.mean())
+                          for half, h in (("first", first), ("second", second)) for kind in ("prefix", "patch")})
+        out["skip"][m] = entry
+    loc = pd.read_csv(data / "localization.csv")
+    for _, r in loc.iterrows():
+        out["localization"][r.model] = {k: (float(r[k]) if k != "layer" else r[k])
+                                        for k in ("layer", "own_patch_share", "cka_own", "cka_other")}
+    probes = pd.read_csv(data / "probe.csv")
+    for (m, rep), g in probes.groupby(["model", "representation"], sort=False):
+        g = g.sort_values("depth_fraction")
+        out["probes"].setdefault(m, {})[rep] = {"first": float(g.accuracy.iloc[0]), "last": float(g.accuracy.iloc[-1])}
+    return out
 
 
 def _cka_numbers(frame: pd.DataFrame) -> dict:
