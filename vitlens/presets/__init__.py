@@ -238,7 +238,7 @@ _add(Preset(
     finding="Masked image modelling keeps attention local in the later layers, where contrastive and "
             "self-distilled ViT-B/16s attend globally.",
     figures=(PaperFigure(
-        key="distance", label="Attention distance by pre-training",
+        key="attention", label="Attention distance by pre-training",
         finding="In the later half of the network the masked-image-modelling ViT's heads attend at a "
                 "shorter distance than the self-distilled (and supervised) ones.",
         panels=(Panel("attention_distance", ("vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224.mae",

@@ -99,6 +99,8 @@ def _loader(random_init: bool, seed: int, device: str, swap: Mapping[str, str]):
     def load(checkpoint: str):
         name = swap.get(checkpoint, checkpoint)
         (m,) = load_models([(name, None)], random_init=random_init, device=device, seed=seed)
+        if name != checkpoint:  # a swapped model is named after the checkpoint it stands in for
+            m.vitlens_display_name = f"{display_name(m)} for {checkpoint}"
         return m, display_name(m)
 
     return load
@@ -150,9 +152,9 @@ def reproduce(preset: Preset | str, images: str | Sequence[str], out: str | Path
     if "layer_cka" in p.analyses and min(len(files), num_images or len(files)) < CKA_MIN_IMAGES:
         raise VitlensError(f"{p.id} computes CKA, which needs at least {CKA_MIN_IMAGES} images; "
                            f"{min(len(files), num_images or len(files))} given.")
-    out = prepare_out_dir(out, PRODUCTS, overwrite)
     if not random_init:
         check_weights(p, swap)
+    out = prepare_out_dir(out, PRODUCTS, overwrite)
     if overwrite:
         for name in PRODUCTS:
             target = out / name

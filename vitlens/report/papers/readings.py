@@ -265,7 +265,8 @@ def _erf(run: PanelRun, rd: Reading) -> None:
              f"the receptive field covers {GLOBAL_FRACTION:.0%} of a whole-input map's spread: {v.model} "
              f"{when(gv)}, {c.model} {when(gc)}",
              "the ViT turns global within the first half and before the ResNet, as the paper found",
-             "not the ViT global within the first half and before the ResNet, unlike the paper's finding")
+             "the ViT does not turn global both within the first half and before the ResNet, unlike the paper's "
+             "finding")
 
 
 def _far_mean(r) -> float:
@@ -324,7 +325,7 @@ def read_figure(figure: PaperFigure, runs: Sequence[PanelRun], earlier: dict[str
     ran = [r for r in runs if not r.pending]
     for r in runs:
         if r.pending:
-            rd.pending.append(f"{r.panel.title}: waits for {r.pending}.")
+            rd.pending.append(f"{r.panel.title}: not measured: {r.pending}.")
     cka_self = [r for r in ran if r.panel.analysis == "layer_cka" and r.panel.option("pairs") == "self"]
     if cka_self:
         _cka_self(cka_self, rd)
