@@ -270,13 +270,17 @@ def get_preset(name: str) -> Preset:
                            "(vitlens reproduce --help describes each).") from None
 
 
-def preset_help() -> str:
+def preset_help(width: int = 100) -> str:
     """Every preset with its figures, checkpoints, the images the paper used and its finding."""
+    import textwrap
+
+    def wrap(text: str) -> str:
+        return textwrap.fill(text, width=width, subsequent_indent="    ", break_long_words=False,
+                             break_on_hyphens=False)
+
     lines = []
     for p in PRESETS.values():
-        lines.append(f"{p.id}: {p.paper}; {', '.join(f.label for f in p.figures)}")
-        lines.append(f"  finding: {p.finding}")
-        lines.append(f"  images the paper used: {p.paper_images}")
-        lines.append("  checkpoints: " + ", ".join(p.checkpoints))
-        lines.append("")
+        lines += [wrap(f"{p.id}: {p.paper}; {', '.join(f.label for f in p.figures)}"),
+                  wrap(f"  finding: {p.finding}"), wrap(f"  images the paper used: {p.paper_images}"),
+                  wrap("  checkpoints: " + ", ".join(p.checkpoints)), ""]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``vitlens reproduce`` and ``vitlens fetch``: argument parsing for :func:`reproduce` and :func:`fetch`."""
+"""``vitlens reproduce``: argument parsing for :func:`vitlens.report.papers.reproduce`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from ...presets import PRESETS, preset_help
 from ...runtime.errors import VitlensError
 from ...runtime.precision import PRECISIONS
 
-__all__ = ["register", "register_fetch", "parse_swaps"]
+__all__ = ["register", "parse_swaps"]
 
 REPRODUCE_HELP = "a paper's figures on the paper's public checkpoints, with a page saying whether the run shows the finding"
-FETCH_HELP = "download a preset's pretrained weights into the local hub cache (for machines without network)"
 
 
 def parse_swaps(items) -> dict[str, str]:
@@ -56,25 +55,5 @@ def register(subparsers, common) -> None:
         for label, verdict in res.verdicts.items():
             print(f"{label}: {verdict}")
         print(f"open {res.page.resolve()}")
-
-    p.set_defaults(func=_run)
-
-
-def register_fetch(subparsers, common) -> None:
-    p = subparsers.add_parser(
-        "fetch", help=FETCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Download the pretrained weights of a preset's checkpoints into the local Hugging Face hub "
-                    "cache (HF_HOME), so that vitlens reproduce runs offline there or on a machine the cache is "
-                    "copied to. Weights already cached are kept.",
-        epilog="presets:\n\n" + preset_help())
-    p.add_argument("paper", metavar="PAPER", nargs="+", choices=list(PRESETS), help=f"{', '.join(PRESETS)}")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-
-    def _run(args):
-        from .build import fetch
-
-        for name in dict.fromkeys(args.paper):
-            fetch(name)
-            print(f"{name}: every checkpoint is in the hub cache")
 
     p.set_defaults(func=_run)
