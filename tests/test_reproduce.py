@@ -190,7 +190,7 @@ def _runs(panel, results, checkpoints=None):
 
     r = PanelRun(panel)
     for i, x in enumerate(results):
-        r.add(x, x.model, (checkpoints or panel.checkpoints)[i], 1)
+        r.add(x, getattr(x, "model", getattr(x, "model_a", "")), (checkpoints or panel.checkpoints)[i], 1)
     return r
 
 
@@ -250,6 +250,40 @@ def test_erf_reading_compares_when_each_field_turns_global():
     assert rd.verdicts == [True] and "from depth 0.25" in rd.lines[0] and "from depth 1.00" in rd.lines[0]
     rd = read_figure(fig, [_runs(fig.panels[0], [cnn, field("vit", [5, 10, 20, 40, 50], "v")])], {})
     assert rd.verdicts == [False] and "never" in rd.lines[0]
+
+
+def test_cka_readings_compare_far_layers_and_where_the_resnet_matches():
+    p = PRESETS["raghu-representations"]
+    fig1, fig2 = p.figures[0], p.figures[1]
+    depth = np.linspace(0, 1, 4)
+
+    def cka(values, a, b, da=depth, db=depth):
+        return SimpleNamespace(cka=np.asarray(values, float), model_a=a, model_b=b, depth_fraction_a=da,
+                               depth_fraction_b=db)
+
+    i, j = np.meshgrid(depth, depth, indexing="ij")
+    uniform = cka(1 - 0.1 * np.abs(i - j), "vit", "vit")   # far pairs (|i - j| >= 0.5): 0.9333, 0.9, 0.9333
+    blocky = cka(1 - 0.8 * np.abs(i - j), "cnn", "cnn")    # 0.4667, 0.2, 0.4667
+    rd = read_figure(fig1, [_runs(fig1.panels[0], [uniform]), _runs(fig1.panels[1], [blocky])], {})
+    assert rd.verdicts == [True] and "mean CKA 0.92 in vit and 0.38 in cnn" in rd.lines[0]
+    # ResNet layers at depth 0, 1/3 (lower half) are most similar to ViT layers 0 and 0: mean 0 < 1/6
+    cross = cka([[0.9, 0.8, 0.1, 0.1], [0.2, 0.3, 0.5, 0.1], [0.1, 0.1, 0.2, 0.3], [0, 0, 0.1, 0.9]], "vit", "cnn")
+    rd = read_figure(fig2, [_runs(fig2.panels[0], [cross], ["a vs b"])], {})
+    assert rd.verdicts == [True] and "(mean depth 0.17)" in rd.lines[0] and "mean depth 0.00" in rd.lines[0]
+
+
+def test_skip_and_localisation_readings():
+    p = PRESETS["raghu-representations"]
+    fig7, fig9 = p.figures[2], p.figures[3]
+    vit = SimpleNamespace(kind="vit", model="v", ratio=np.array([[[4.0, 6.0]], [[np.inf, 2.0]]]))
+    cnn = SimpleNamespace(kind="cnn", model="c", ratio=np.array([[[1.0]], [[2.0]]]))
+    rd = read_figure(fig7, [_runs(fig7.panels[0], [vit, cnn])], {})
+    assert rd.verdicts == [True] and "4.00 in v, 1.50 in c" in rd.lines[0]  # inf left out: (4 + 6 + 2) / 3
+    loc = dict(layer="blocks.11", cka_own=0.5, cka_other=0.1)
+    v = SimpleNamespace(kind="vit", model="v", own_patch_share=0.75, **loc)
+    c = SimpleNamespace(kind="cnn", model="c", own_patch_share=0.8, **loc)
+    rd = read_figure(fig9, [_runs(fig9.panels[0], [v, c])], {})
+    assert rd.verdicts == [False] and "75% of v's tokens" in rd.lines[0] and "80% of c's" in rd.lines[0]
 
 
 # --------------------------------------------------------------------------- offline

@@ -165,7 +165,11 @@ def _entropy(panel: Panel, run: Run, out: PanelRun) -> None:
     if "entropy" not in getattr(AttentionDistance, "__dataclass_fields__", {}):
         raise Pending("attention entropy (AttentionDistance.entropy) is not part of this installation's "
                       "attention distance")
-    _distance(panel, run, out)
+    results = [_distance_of(run, panel, c) for c in panel.checkpoints]
+    if any(r.entropy is None for r in results):
+        raise Pending("attention distance did not compute the entropy of these models")
+    for c, r in zip(panel.checkpoints, results):
+        out.add(r, r.model, c, r.n_images)
 
 
 def _erf(panel: Panel, run: Run, out: PanelRun) -> None:
@@ -206,9 +210,10 @@ def _cka_batch(batch_size: int, n: int) -> int:
     return max(CKA_MIN_IMAGES, min(batch_size, n))
 
 
-def _by_public_name(function: str) -> Callable[[Panel, Run, PanelRun], None]:
+def _by_public_name(function: str, minibatch: bool = False) -> Callable[[Panel, Run, PanelRun], None]:
     """A runner for an analysis exported from ``vitlens`` under ``function``, called per model as
-    ``function(model, images, name=..., batch_size=..., workers=..., precision=..., progress=...)``."""
+    ``function(model, images, name=..., batch_size=..., workers=..., precision=..., progress=...)``;
+    with ``minibatch``, ``batch_size`` is a CKA minibatch (all the images when there are fewer)."""
 
     def runner(panel: Panel, run: Run, out: PanelRun) -> None:
         import vitlens
@@ -219,7 +224,10 @@ def _by_public_name(function: str) -> Callable[[Panel, Run, PanelRun], None]:
         for c in panel.checkpoints:
             m, name = run.model(c)
             imgs = run.image_set(m, panel)
-            r = fn(m, imgs, name=name, **run.common())
+            kw = run.common()
+            if minibatch:
+                kw["batch_size"] = _cka_batch(run.batch_size, len(imgs))
+            r = fn(m, imgs, name=name, **kw)
             out.add(r, name, c, getattr(r, "n_images", None))
 
     return runner
@@ -233,7 +241,7 @@ RUNNERS: dict[str, Callable[[Panel, Run, PanelRun], None]] = {
     "effective_receptive_field": _erf,
     "layer_cka": _cka,
     "skip_ratios": _by_public_name("skip_ratios"),
-    "spatial_localization": _by_public_name("spatial_localization"),
+    "spatial_localization": _by_public_name("spatial_localization", minibatch=True),
 }
 
 

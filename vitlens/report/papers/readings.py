@@ -19,7 +19,11 @@ Conventions (documented defaults; the papers read their figures by eye):
 - CKA layers are *far apart* when their depth fractions differ by at least 0.5;
 - one distance is *longer* than another when it exceeds it by at least ``MARGIN`` (0.05) times the
   distance of uniform attention, and one mean CKA higher than another when it exceeds it by at
-  least ``MARGIN``; smaller differences count as no difference.
+  least ``MARGIN``; smaller differences count as no difference;
+- the ViT's skip ratios are *much higher* than the ResNet's when their mean over blocks, sub-layers
+  and token kinds (finite values) is at least ``SKIP_FACTOR`` (2) times the ResNet's;
+- final-block tokens *localise* when at least ``OWN_PATCH`` (half) of them are most similar to their
+  own input patch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ...presets import PaperFigure
 from .analyses import PanelRun
 
 __all__ = ["Reading", "read_figure", "LOCAL_FRACTION", "GLOBAL_FRACTION", "FILTER_STRUCTURE",
-           "POSITION_CORRELATION", "FAR_APART", "MARGIN", "random_filter_share"]
+           "POSITION_CORRELATION", "FAR_APART", "MARGIN", "SKIP_FACTOR", "OWN_PATCH", "random_filter_share"]
 
 LOCAL_FRACTION = 0.5
 GLOBAL_FRACTION = 0.8
@@ -41,6 +45,8 @@ FILTER_STRUCTURE = 1.5
 POSITION_CORRELATION = -0.3
 FAR_APART = 0.5
 MARGIN = 0.05
+SKIP_FACTOR = 2.0
+OWN_PATCH = 0.5
 
 SHOWN, NOT_SHOWN, PARTLY, PENDING, NONE = "shown", "not shown", "partly shown", "pending", "no verdict"
 
@@ -309,6 +315,41 @@ def _cka_cross(run: PanelRun, rd: Reading) -> None:
                  "they do not match lower ViT layers, unlike the paper's finding")
 
 
+def _by_kind(run: PanelRun) -> dict:
+    return {getattr(r, "kind", ""): r for r in run.results}
+
+
+def _skip(run: PanelRun, rd: Reading) -> None:
+    means = {}
+    for r in run.results:
+        vals = np.asarray(r.ratio, dtype=float)
+        vals = vals[np.isfinite(vals)]
+        means[r.kind] = float(vals.mean()) if vals.size else float("nan")
+        rd.numbers.append((f"{r.model}: mean skip-connection norm ratio", f"{means[r.kind]:.2f}"))
+    kinds = _by_kind(run)
+    if "vit" in kinds and "cnn" in kinds:
+        v, c = means["vit"], means["cnn"]
+        rd.check(np.isfinite(v) and np.isfinite(c) and v >= SKIP_FACTOR * c,
+                 f"mean ratio of skip path to branch norm: {v:.2f} in {kinds['vit'].model}, {c:.2f} in "
+                 f"{kinds['cnn'].model}",
+                 f"the ViT's is at least {SKIP_FACTOR:g} times the ResNet's, as the paper found",
+                 f"the ViT's is not {SKIP_FACTOR:g} times the ResNet's, unlike the paper's finding")
+
+
+def _localization(run: PanelRun, rd: Reading) -> None:
+    for r in run.results:
+        rd.numbers += [(f"{r.model}: tokens most similar to their own input patch", f"{r.own_patch_share:.0%}"),
+                       (f"{r.model}: CKA with the own patch / with the others", f"{r.cka_own:.3f} / {r.cka_other:.3f}")]
+    kinds = _by_kind(run)
+    if "vit" in kinds and "cnn" in kinds:
+        v, c = kinds["vit"], kinds["cnn"]
+        rd.check(v.own_patch_share >= OWN_PATCH and v.own_patch_share > c.own_patch_share,
+                 f"{v.own_patch_share:.0%} of {v.model}'s tokens in {v.layer} are most similar to their own input "
+                 f"patch, against {c.own_patch_share:.0%} of {c.model}'s positions",
+                 "the ViT localises, and more than the ResNet, as the paper found",
+                 "not the ViT localising more than the ResNet, unlike the paper's finding")
+
+
 def _generic(run: PanelRun, rd: Reading) -> None:
     rd.lines.append(f"{run.panel.title}: measured for {', '.join(run.names)}; vitlens words no verdict for "
                     "this analysis yet; the figure and the CSV hold the numbers.")
@@ -349,6 +390,10 @@ def read_figure(figure: PaperFigure, runs: Sequence[PanelRun], earlier: dict[str
             _erf(r, rd)
         elif a == "layer_cka" and r.panel.option("pairs") == "cross":
             _cka_cross(r, rd)
+        elif a == "skip_ratios":
+            _skip(r, rd)
+        elif a == "spatial_localization":
+            _localization(r, rd)
         elif a != "layer_cka":
             _generic(r, rd)
     return rd
