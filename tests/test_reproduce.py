@@ -160,7 +160,7 @@ def test_csv_holds_the_analysis_numbers(photos, tmp_path, one_thread):
     p = PRESETS["pretraining"]
     vitlens.reproduce(p, photos, tmp_path / "o", random_init=True, num_images=2, seed=3, swap=tiny_swap(p),
                       progress=False)
-    frame = pd.read_csv(tmp_path / "o" / "data" / "attention_attention_distance.csv")
+    frame = pd.read_csv(tmp_path / "o" / "data" / "selfsup_attention_distance.csv")
     (m,) = load_models([("test_vit", None)], random_init=True, seed=3)
     ref = vitlens.attention_distance(m, ImageSet.for_model(m, [photos], num_images=2))
     mine = frame[frame["checkpoint"] == "vit_base_patch16_224.mae"].sort_values(["layer", "head"])

@@ -17,7 +17,10 @@ from typing import Mapping
 
 from ..runtime.errors import VitlensError
 
-__all__ = ["Panel", "PaperFigure", "Preset", "PRESETS", "get_preset", "preset_help"]
+__all__ = ["Panel", "PaperFigure", "Preset", "PRESETS", "get_preset", "preset_help", "UNSTATED_IMAGES"]
+
+#: Images an analysis uses by default where its paper does not say how many it used.
+UNSTATED_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class Panel:
         analysis: the public function that computes it (``attention_distance``, ``layer_cka``, ...).
         checkpoints: timm names with their pretrained tags, in the order the panel draws them.
         title: what the panel shows, as the paper labels it.
-        paper_images: images the paper averaged over for this panel (None where the paper does not say).
+        paper_images: images the paper averaged over for this panel (None where the paper does not say;
+            a run then uses ``UNSTATED_IMAGES``).
         options: analysis options (for example ``{"pairs": "self"}`` for CKA).
     """
 
@@ -103,7 +107,7 @@ class Preset:
                 if p.analysis in ("embedding_filters", "position_embedding_similarity"):
                     continue  # weights only
                 counts.setdefault(p.analysis, p.paper_images)
-        words = [f"{n} ({a})" if n else f"not stated ({a})" for a, n in counts.items()]
+        words = [f"{n} ({a})" if n else f"not stated ({a}; vitlens uses {UNSTATED_IMAGES})" for a, n in counts.items()]
         return "; ".join(words) if words else "none (weights only)"
 
 
@@ -238,7 +242,7 @@ _add(Preset(
     finding="Masked image modelling keeps attention local in the later layers, where contrastive and "
             "self-distilled ViT-B/16s attend globally.",
     figures=(PaperFigure(
-        key="attention", label="Attention distance by pre-training",
+        key="selfsup", label="Attention distance by pre-training",
         finding="In the later half of the network the masked-image-modelling ViT's heads attend at a "
                 "shorter distance than the self-distilled (and supervised) ones.",
         panels=(Panel("attention_distance", ("vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224.mae",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
-from ...presets import Panel
+from ...presets import UNSTATED_IMAGES, Panel
 from ...runtime.errors import VitlensError
 
 __all__ = ["PanelRun", "Pending", "RUNNERS", "run_panel", "CKA_MIN_IMAGES"]
@@ -106,8 +106,11 @@ class Run:
             del self._models[c]
 
     def count(self, panel: Panel) -> int | None:
-        """Images for ``panel``: ``num_images`` when given, else the paper's count (None: all)."""
-        return self.num_images if self.num_images is not None else panel.paper_images
+        """Images for ``panel``: ``num_images`` when given, else the paper's count, else
+        ``UNSTATED_IMAGES`` (fewer when the folder holds fewer)."""
+        if self.num_images is not None:
+            return self.num_images
+        return panel.paper_images or UNSTATED_IMAGES
 
     def image_set(self, model: nn.Module, panel: Panel):
         from ...data.images import ImageSet

@@ -125,8 +125,8 @@ def reproduce(preset: Preset | str, images: str | Sequence[str], out: str | Path
         images: image files or folders, searched recursively (an ImageNet validation folder, flat or
             one folder per class).
         out: output folder.
-        num_images: images per analysis (default: the count the paper used, or all there are when
-            fewer; all for an analysis whose count the paper does not state).
+        num_images: images per analysis (default: the count the paper used, or
+            :data:`~vitlens.presets.UNSTATED_IMAGES` where it does not say; all there are when fewer).
         random_init: random weights (seeded by ``seed``): the same code path, nothing downloaded.
         swap: run other models in place of the preset's, ``{preset checkpoint: timm name}`` (for a
             quick check on small models, or a fine-tuned variant); the page names every swap.
@@ -234,7 +234,7 @@ def _section(p: Preset, figure, runs: Sequence[PanelRun], rd: Reading, path: str
         if used:
             paper = r.panel.paper_images
             counts.append((f"{r.panel.title}: images", ", ".join(map(str, used))
-                           + (f" (the paper: {paper})" if paper else " (the paper does not say)")))
+                           + (f" (the paper: {paper})" if paper else " (the paper does not say how many)")))
     models = "; ".join(f"{c} ({p.checkpoint_notes.get(c, '')})" + (f", run as {swap[c]}" if c in swap else "")
                        for c in dict.fromkeys(c for r in runs for c in r.panel.checkpoints))
     return Section(f"{figure.label}: {', '.join(r.panel.title for r in runs)}",
