@@ -137,8 +137,6 @@ def reproduce(preset: Preset | str, images: str | Sequence[str], out: str | Path
         ModelLoadError: offline with weights missing from the hub cache (within seconds, naming them
             and ``vitlens fetch PRESET``).
     """
-    import matplotlib.pyplot as plt
-
     from ...data.images import find_images
 
     p = _resolve(preset)
@@ -180,23 +178,11 @@ def reproduce(preset: Preset | str, images: str | Sequence[str], out: str | Path
             run.release(_needs(p, index))
         done[figure.key] = runs
         rd = read_figure(figure, runs, done)
-        files = []
-        for i, r in enumerate(runs):
-            frame = r.frame()
-            if frame is not None:
-                twice = sum(o.panel.analysis == r.panel.analysis for o in runs) > 1
-                name = f"data/{figure.key}_{r.panel.analysis}{f'_{i + 1}' if twice else ''}.csv"
-                save_csv(out / name, frame)
-                files.append((Path(name).name, name))
-                data.append(out / name)
-        fig = _figure(figure, runs)
-        path = f"figures/{p.id}_{figure.key}.png"
-        save_figure(fig, out / path)
-        plt.close(fig)
-        figures[figure.label] = out / path
+        section, written, figures[figure.label] = _write_figure(out, p, figure, runs, rd, random_init, swap)
+        sections.append(section)
+        data += written
         verdicts[figure.label] = rd.verdict
         readings[figure.label] = list(rd.lines)
-        sections.append(_section(p, figure, runs, rd, path, files, random_init, swap))
         record.data["figures"].append(_figure_record(figure, runs, rd))
     record.save(out / "run.json")
     write_text(out / "index.html", render_page(
@@ -205,10 +191,27 @@ def reproduce(preset: Preset | str, images: str | Sequence[str], out: str | Path
     return Reproduction(p.id, out / "index.html", figures, tuple(data), verdicts, readings)
 
 
-def _figure(figure, runs):
+def _write_figure(out: Path, p: Preset, figure, runs: Sequence[PanelRun], rd: Reading, random_init: bool,
+                  swap: Mapping[str, str]) -> tuple[Section, list[Path], Path]:
+    """Write one paper figure's CSVs and PNG; returns its page section, the CSVs and the PNG."""
+    import matplotlib.pyplot as plt
+
     from .figures import paper_figure
 
-    return paper_figure(figure, runs)
+    files, written = [], []
+    for i, r in enumerate(runs):
+        frame = r.frame()
+        if frame is not None:
+            twice = sum(o.panel.analysis == r.panel.analysis for o in runs) > 1
+            name = f"data/{figure.key}_{r.panel.analysis}{f'_{i + 1}' if twice else ''}.csv"
+            save_csv(out / name, frame)
+            files.append((Path(name).name, name))
+            written.append(out / name)
+    fig = paper_figure(figure, runs)
+    path = f"figures/{p.id}_{figure.key}.png"
+    save_figure(fig, out / path)
+    plt.close(fig)
+    return _section(p, figure, runs, rd, path, files, random_init, swap), written, out / path
 
 
 def _subtitle(p: Preset, random_init: bool, swap: Mapping[str, str]) -> str:
@@ -254,7 +257,7 @@ def _figure_record(figure, runs: Sequence[PanelRun], rd: Reading) -> dict:
 
 def _record_rows(p: Preset, record: RunRecord, random_init: bool, swap) -> list[tuple[str, str]]:
     d = record.data
-    return [("preset", p.id), ("paper", p.paper), ("weights", "random (seed %d)" % d["seed"] if random_init
+    return [("preset", p.id), ("paper", p.paper), ("weights", f"random (seed {d['seed']})" if random_init
                                                      else "pretrained, from the hub or its local cache"),
             ("checkpoints", ", ".join(p.checkpoints)), ("swapped", ", ".join(f"{k} -> {v}" for k, v in swap.items())
                                                         or "none"),

@@ -306,8 +306,8 @@ def _cka_cross(run: PanelRun, rd: Reading) -> None:
             continue
         best = np.asarray(r.depth_fraction_a)[np.nanargmax(cka, axis=0)]
         own = float(np.mean(np.asarray(r.depth_fraction_b)[lower]))
-        rd.numbers.append((f"{r.model_b}'s lower-half layers: mean depth / mean depth of the most similar "
-                           f"{r.model_a} layer", f"{own:.2f} / {float(best.mean()):.2f}"))
+        label = f"{r.model_b}'s lower-half layers: mean depth / mean depth of the most similar {r.model_a} layer"
+        rd.numbers.append((label, f"{own:.2f} / {float(best.mean()):.2f}"))
         rd.check(float(best.mean()) < own,
                  f"the lower half of {r.model_b}'s layers (mean depth {own:.2f}) is most similar to {r.model_a} "
                  f"layers at mean depth {float(best.mean()):.2f}",
