@@ -15,7 +15,12 @@ from ...plotting import MODEL_COLORS
 from ...presets import PaperFigure
 from .analyses import PanelRun
 
-__all__ = ["paper_figure", "plot_entropy_by_depth"]
+__all__ = ["paper_figure", "plot_entropy_by_depth", "WHOLE_FIGURES"]
+
+#: Analyses whose plotting module draws the paper's whole figure, by ``module:function`` under
+#: :mod:`vitlens.plotting`; a figure of one such panel is drawn by it (by a panel per result when the
+#: module is not part of this installation).
+WHOLE_FIGURES = {"skip_ratios": "skip:skip_figure", "spatial_localization": "localization:localization_figure"}
 
 
 def _slots(run: PanelRun) -> int:
@@ -90,10 +95,28 @@ def _draw(run: PanelRun, axes) -> None:
         axes[0].set_title(run.panel.title, fontsize=9)
 
 
+def _whole_figure(runs: Sequence[PanelRun]):
+    """The plotting function that draws the whole figure of a one-panel figure, if there is one."""
+    import importlib
+
+    if len(runs) != 1 or runs[0].pending or runs[0].panel.analysis not in WHOLE_FIGURES:
+        return None
+    module, function = WHOLE_FIGURES[runs[0].panel.analysis].split(":")
+    try:
+        return getattr(importlib.import_module(f"vitlens.plotting.{module}"), function)
+    except (ImportError, AttributeError):
+        return None
+
+
 def paper_figure(figure: PaperFigure, runs: Sequence[PanelRun], caption: str = ""):
     """The paper figure's panels, left to right, in one matplotlib figure."""
     import matplotlib.pyplot as plt
 
+    whole = _whole_figure(runs)
+    if whole is not None:
+        fig = whole(runs[0].results)
+        fig.suptitle(f"{figure.label}" + (f": {caption}" if caption else f": {runs[0].panel.title}"), fontsize=10, y=1.03)
+        return fig
     widths = [_slots(r) for r in runs]
     n = sum(widths)
     fig, axs = plt.subplots(1, n, figsize=(4.6 * n + 0.8, 4.8), squeeze=False, layout="constrained")

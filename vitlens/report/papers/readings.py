@@ -343,11 +343,15 @@ def _localization(run: PanelRun, rd: Reading) -> None:
     kinds = _by_kind(run)
     if "vit" in kinds and "cnn" in kinds:
         v, c = kinds["vit"], kinds["cnn"]
-        rd.check(v.own_patch_share >= OWN_PATCH and v.own_patch_share > c.own_patch_share,
+        enough, more = v.own_patch_share >= OWN_PATCH, v.own_patch_share > c.own_patch_share
+        why = " and ".join(w for w, bad in ((f"fewer than {OWN_PATCH:.0%} of the ViT's tokens find their own patch",
+                                             not enough), ("the ViT's share is not above the ResNet's", not more))
+                           if bad)
+        rd.check(enough and more,
                  f"{v.own_patch_share:.0%} of {v.model}'s tokens in {v.layer} are most similar to their own input "
                  f"patch, against {c.own_patch_share:.0%} of {c.model}'s positions",
                  "the ViT localises, and more than the ResNet, as the paper found",
-                 "not the ViT localising more than the ResNet, unlike the paper's finding")
+                 f"{why}, unlike the paper's finding")
 
 
 def _generic(run: PanelRun, rd: Reading) -> None:
