@@ -16,7 +16,7 @@ import pandas as pd
 import torch.nn as nn
 
 from ...presets import UNSTATED_IMAGES, Panel
-from ...runtime.errors import VitlensError
+from ...runtime.errors import UnsupportedModelError, VitlensError
 
 __all__ = ["PanelRun", "Pending", "RUNNERS", "run_panel", "CKA_MIN_IMAGES"]
 
@@ -249,7 +249,8 @@ RUNNERS: dict[str, Callable[[Panel, Run, PanelRun], None]] = {
 
 
 def run_panel(panel: Panel, run: Run) -> PanelRun:
-    """Run one panel; a missing analysis gives a pending panel rather than an error."""
+    """Run one panel; a missing analysis, or a model it cannot read, gives a pending panel (saying
+    why) rather than an error."""
     out = PanelRun(panel)
     runner = RUNNERS.get(panel.analysis)
     try:
@@ -258,4 +259,6 @@ def run_panel(panel: Panel, run: Run) -> PanelRun:
         runner(panel, run, out)
     except Pending as why:
         return PanelRun(panel, pending=str(why))
+    except UnsupportedModelError as why:  # one model the analysis cannot read does not cost the other figures
+        return PanelRun(panel, pending=f"the analysis cannot read one of its models ({why})")
     return out
