@@ -34,6 +34,8 @@ _EXPORTS = {
     "analyses.fields.theoretical": ("theoretical_receptive_field",),
     "analyses.attention.rollout": ("RolloutMaps", "attention_rollout"),
     "analyses.attention.scores": ("deletion_curve", "mask_share", "pointing_hit"),
+    "report.papers": ("reproduce", "fetch", "Reproduction"),
+    "presets": ("PRESETS", "Preset"),
 }
 # The figure functions of vitlens.plotting (plot_*(result, ax=None) -> axes, *_figure(...) -> figure),
 # listed there by module; vitlens.plotting's package file imports neither matplotlib nor its modules.
@@ -82,6 +84,8 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
         token_norms_figure,
     )
     from .plotting.windows import plot_windowed_distance, windowed_distance_figure
+    from .presets import PRESETS, Preset
+    from .report.papers import Reproduction, fetch, reproduce
     from .runtime.errors import ImageError, LabelError, ModelLoadError, OutputError, UnsupportedModelError, VitlensError
 
 
@@ -129,4 +133,5 @@ __all__ = [
     "plot_norm_histogram", "plot_high_norm_positions", "token_norms_figure", "high_norm_positions_figure",
     "plot_skip_ratios", "plot_skip_tokens", "skip_figure", "plot_localization", "localization_figure",
     "plot_probes", "probes_figure",
+    "reproduce", "fetch", "Reproduction", "PRESETS", "Preset",
 ]

@@ -35,6 +35,9 @@ COMMAND_HELP = {
     "probe": "few-shot linear-probe accuracy per layer, ViT beside CNN (ViT paper; Raghu et al. 2021)",
     "skip": "skip-connection norm ratios per block and sub-layer, ViTs and CNNs (Raghu et al. Fig. 7)",
     "localization": "CKA between a block's tokens and every input patch, ViTs and CNNs (Raghu et al. Fig. 9)",
+    "reproduce": "a paper's figures on the paper's public checkpoints, with a page saying whether the run shows "
+                 "the finding",
+    "fetch": "download a preset's pretrained weights into the local hub cache (for machines without network)",
 }
 
 

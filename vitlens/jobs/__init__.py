@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 
 JOBS: list[str] = ["report", "distance", "posembed", "rollout", "erf", "compare", "cost", "filters", "cka", "tokens",
-                   "probe", "skip", "localization"]
+                   "probe", "skip", "localization", "reproduce", "fetch"]
 
 
 #: Commands whose module lives outside this package (the report sits on top of the jobs it runs).
-ELSEWHERE = {"report": "vitlens.report.command"}
+ELSEWHERE = {"report": "vitlens.report.command", "reproduce": "vitlens.report.papers.command",
+             "fetch": "vitlens.report.papers.fetch_command"}
 
 
 def register_function(command: str):
