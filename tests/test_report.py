@@ -21,8 +21,8 @@ from vitlens.models.loading import load_model
 
 FIGURES = ["attention_distance.png", "position_embeddings.png", "rollout.png",
            "rollout_vitlens_vit-tiny-shapes-10pct.png", "rollout_mask_share.png", "locality.png",
-           "receptive_field.png", "less_data.png", "cka.png", "skip.png", "localization.png", "probes.png",
-           "cost.png", "locality_sweep.png"]
+           "receptive_field.png", "less_data.png", "cka.png", "skip.png", "localization.png",
+           "cost.png", "locality_sweep.png"]  # 16 images: too few for 10-shot probes of 8 classes
 EXPLORER_PICK = (1, 3, 2, 10)  # image, layer (from 1), head (from 1), query patch
 
 
@@ -45,6 +45,13 @@ def report(tmp_path_factory):
         rc = main(["report", "--out", str(out), "--num-images", "16", "--batch-size", "8"])
     assert rc == 0
     return out, buf.getvalue()
+
+
+def test_default_report_says_why_it_did_not_probe_16_images(report):
+    out, _ = report
+    page = " ".join((out / "index.html").read_text().split())
+    assert "The probes were not run: 10-shot probes need at least 11 images in every class" in page
+    assert not (out / "figures" / "probes.png").exists() and not (out / "data" / "probe.csv").exists()
 
 
 def test_default_report_writes_a_complete_page(report):
