@@ -4,6 +4,7 @@ closed-form cases, streaming, refusals, and the command end to end."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import open_clip
@@ -17,6 +18,7 @@ import transformers as T
 from cli_runs import run, torchrun
 from conftest import batch, build
 from PIL import Image
+from timm.layers import StdConv2d
 
 from vitlens import SkipRatios, UnsupportedModelError, skip_ratios
 from vitlens.models.families.registry import adapter_for
@@ -287,6 +289,25 @@ def test_resnet_units_equal_the_units_by_hand(lib):
     np.testing.assert_allclose(r.ratio[:, 0, 0], [p.mean() for p in pos], rtol=1e-6)
     r = skip_ratios(m, x, batch_size=2, cnn_norm="map")
     np.testing.assert_allclose(r.ratio[:, 0, 0], [w.mean() for w in whole], rtol=1e-6)
+
+
+def test_resnetv2_preactivation_units_equal_the_units_by_hand():
+    """BiT's pre-activation units: drop_path(conv3(norm3(...))) + (downsample(norm1(x)) or x)."""
+    torch.manual_seed(0)
+    m = _active(timm.models.resnetv2.ResNetV2(layers=[1, 1, 1, 1], num_classes=4, stem_type="fixed",
+                                               conv_layer=partial(StdConv2d, eps=1e-8)))
+    units = [u for u in m.modules() if type(u).__name__ == "PreActBottleneck"]
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    pos = []
+    with torch.no_grad():
+        for u, xi in zip(units, _unit_inputs(m, units, x)):
+            pre = u.norm1(xi)
+            f = u.conv3(u.norm3(u.conv2(u.norm2(u.conv1(pre)))))
+            s = u.downsample(pre) if u.downsample is not None else xi
+            pos.append((s.double().norm(dim=1) / f.double().norm(dim=1)).flatten(1).numpy())
+    r = skip_ratios(m, x, batch_size=2)
+    assert len(r.blocks) == 4 and r.kind == "cnn"
+    np.testing.assert_allclose(r.ratio[:, 0, 0], [p.mean() for p in pos], rtol=1e-6)
 
 
 def test_open_clip_modified_resnet_units():

@@ -261,7 +261,9 @@ class TimmAdapter(FamilyAdapter):
         them (after layer scale or ``gamma``; drop-path is the identity in eval). Parallel blocks
         (``ParallelScalingBlock``, ``ParallelThingsBlock``: both branches read the same input) are
         refused. CNNs: timm ResNet units (branch after the last BatchNorm, SE or drop-path; shortcut
-        the ``downsample`` projection or the input) and ConvNeXt blocks (branch after ``gamma``,
+        the ``downsample`` projection or the input), ResNetV2 and BiT units (pre-activation: branch
+        after ``drop_path``, shortcut ``downsample`` of the pre-activated input or the input; the
+        sum is the unit's output) and ConvNeXt blocks (branch after ``gamma``,
         shortcut ``shortcut``)."""
         m = self.model
         blocks = getattr(m, "blocks", None)
@@ -281,9 +283,19 @@ class TimmAdapter(FamilyAdapter):
             return out
         from timm.models.convnext import ConvNeXtBlock
         from timm.models.resnet import BasicBlock, Bottleneck
+        from timm.models.resnetv2 import Bottleneck as V2Bottleneck
+        from timm.models.resnetv2 import PreActBasic, PreActBottleneck
         out = []
         for name, mod in m.named_modules():
-            if isinstance(mod, Bottleneck):
+            if isinstance(mod, (PreActBottleneck, PreActBasic)):  # ResNetV2 / BiT: drop_path(F(x)) + shortcut
+                down = mod.downsample
+                out.append(ResidualBlock(index=len(out), name=name, module=mod, sublayers=("residual",),
+                                         branches=(site(name, "drop_path", mod.drop_path),), layout="channels",
+                                         shortcut=site(name, "downsample", down) if isinstance(down, nn.Module)
+                                         else None))
+            elif isinstance(mod, V2Bottleneck):
+                out.append(resnet_unit(len(out), name, mod, ("norm3", "drop_path"), "act3"))
+            elif isinstance(mod, Bottleneck):
                 out.append(resnet_unit(len(out), name, mod, ("bn3", "se", "drop_path"), "act3"))
             elif isinstance(mod, BasicBlock):
                 out.append(resnet_unit(len(out), name, mod, ("bn2", "se", "drop_path"), "act2"))
