@@ -265,7 +265,7 @@ class DistanceAccumulator:
         self.entropy_sum = np.zeros(shape, dtype=np.float64)
         self.prefix_sum = np.zeros(shape, dtype=np.float64)
         self.row_count = np.zeros(shape, dtype=np.int64)
-        self._pending: list[tuple[int, torch.Tensor]] = []             # (layer, [3, batch, head])
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (layer, [3, batch, head] or distances [batch, head])
 
     def update(self, layer: int, attn: torch.Tensor) -> None:
         """Add the ``[batch, head, query, key]`` maps of ``layer`` for one batch of images.
@@ -300,7 +300,10 @@ class DistanceAccumulator:
                   [m.double().cpu().numpy() for _, m in self._pending])
         self._pending = []
         for layer, v in zip(layers, values):
-            self._add(layer, v[0])
+            if v.ndim == 2:                      # distances alone [batch, head]
+                self._add(layer, v)
+                continue
+            self._add(layer, v[0])               # [distance, entropy, prefix share] x [batch, head]
             self._add_rows(layer, v[1], v[2])
 
     def _add_rows(self, layer: int, entropy: np.ndarray, prefix: np.ndarray) -> None:
