@@ -64,11 +64,11 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     from ..plotting.entropy import distance_entropy_figure
     from ..plotting.windows import is_windowed, windowed_distance_figure
 
+    if not attention_memory > 0:
+        raise VitlensError(f"--attention-memory must be a positive number of MB, got {attention_memory:g}.")
     ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
     models = load_models(specs, random_init=random_init, device=ctx.device, seed=seed)
-    if not attention_memory > 0:
-        raise VitlensError(f"--attention-memory must be a positive number of MB, got {attention_memory:g}.")
     for model in models:  # refuse a CNN or an unknown attention before reading any image
         _check_layout(model)
         attention_modules(model)
