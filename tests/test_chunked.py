@@ -429,7 +429,7 @@ def test_rollout_holds_no_map_per_head_or_layer():
     layout = adapter_for(model).token_layout()
     n = layout.num_tokens
     with _Shapes() as mode:
-        got = attention_rollout(model, x, batch_size=3)
+        got = attention_rollout(model, x, batch_size=3, attention_memory=1e-3)
     assert not [s for s in mode.shapes if len(s) >= 4 and s[-2:] == (n, n)]
     maps = _full_maps(model, x)
     joint = None
