@@ -194,6 +194,9 @@ class WindowedAttentionDistance(AttentionDistance):
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in super().to_dict().items() if k != "token_layout"}
+        d["entropy"] = ("mean over every real query token of every window and images of -sum A log A over the "
+                        "counted keys (shift-mask pairs and padding keys left out) / log(window tokens)")
+        d["prefix_share"] = "0: windowed models have no prefix tokens"
         d.update(window_layout=self.layout.to_dict(), heads=self.heads.tolist(),
                  uniform_by_layer=self.uniform_by_layer.tolist(),
                  distance="mean over every real query token of every window of the attention-weighted "
