@@ -8,6 +8,7 @@ its patch-embedding filters and its preprocessing. Analyses, jobs and plots talk
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ class QueryKey:
     scale: float
     bias: Callable[[int, int], torch.Tensor] | None = None
 
+    @functools.cached_property
+    def keys_t(self) -> torch.Tensor:
+        """``k^T`` ``[batch, head, head_dim, key]`` in float32, contiguous, made once per block: a
+        block's k is usually a strided view of its qkv projection, and a product with a strided
+        operand copies it on every call."""
+        return self.k.float().transpose(-2, -1).contiguous()
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(batch, head, query, key)`` of the full map (which is never formed)."""
@@ -56,7 +64,7 @@ class QueryKey:
         """Probabilities of query rows ``start:stop`` in float32, ``[batch, head, stop - start, key]``:
         exact for those rows, because a softmax is taken per row."""
         q = self.q[:, :, start:stop].float() * self.scale
-        s = q @ self.k.float().transpose(-2, -1)
+        s = q @ self.keys_t
         if self.bias is not None:
             s = s + self.bias(start, stop).float()
         return torch.softmax(s, dim=-1)
