@@ -418,24 +418,3 @@ def test_distance_command_refuses_a_bad_memory_budget(tmp_path):
     rc = main(["distance", "--model", "vit_tiny_patch16_224", "--random-init", "--images", str(tmp_path / "imgs"),
                "--out", str(tmp_path / "out"), "--attention-memory", "0"])
     assert rc == 2 and not (tmp_path / "out").exists()
-
-
-def test_rollout_holds_no_map_per_head_or_layer():
-    """Plain rollout on the chunked path: no op returns a [batch, head, N, N] map; the N x N
-    tensors are per image (the joint matrix and one layer's fused matrix); maps equal a literal
-    rollout over the full maps."""
-    from vitlens.analyses.attention.rollout import attention_rollout
-    model, x = _case("dinov2_registers")
-    layout = adapter_for(model).token_layout()
-    n = layout.num_tokens
-    with _Shapes() as mode:
-        got = attention_rollout(model, x, batch_size=3, attention_memory=1e-3)
-    assert not [s for s in mode.shapes if len(s) >= 4 and s[-2:] == (n, n)]
-    maps = _full_maps(model, x)
-    joint = None
-    for a in maps:                                 # 0.5 A + 0.5 I, rows renormalised, forward order
-        a = a.double().mean(1) * 0.5 + 0.5 * torch.eye(n, dtype=torch.float64)
-        a = a / a.sum(-1, keepdim=True)
-        joint = a if joint is None else a @ joint
-    ref = joint[:, 0, layout.patch_slice].reshape(len(x), *layout.grid_size)
-    np.testing.assert_allclose(got.maps, ref.numpy(), rtol=1e-5, atol=1e-9)
