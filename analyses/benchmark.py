@@ -35,6 +35,15 @@ Comparisons (default sizes; ``--quick`` uses smaller ones):
    against 100 (the Gram matrices are formed per minibatch and dropped).
 8. Windowed attention on Swin-T at 224 px: ``attention_distance`` throughput against the plain forward
    pass with fused attention (window maps are reduced where they are captured).
+9. High resolution: ``vitlens distance``'s analysis on DINOv2-B/14 (``vit_base_patch14_dinov2``) at
+   224 and 518 px and SAM-B (``samvit_base_patch16``) at 1024 px, random weights, random images.
+   Four child processes per configuration beside a load-only one: the plain fused forward pass, the
+   chunked path (each block's rows formed from its own q and k within ``--attention-memory`` MB),
+   today's full-map path (every block's ``[batch, head, N, N]`` map), and storing every layer's maps
+   of every image (skipped, and said so, where they would exceed ``--max-store-gib``). Peak RSS
+   above the load-only process (on CUDA: peak allocated above the loaded model and images) and
+   throughput, side by side; chunked and full-map results must agree.
+   ``--resolution-only`` runs only these rows; ``--skip-resolution`` leaves them out.
 
 Peak memory is the child's ``VmHWM`` from ``/proc/self/status``. ``getrusage().ru_maxrss`` is not
 used: on Linux a child started with fork/vfork + exec inherits the parent's high-water mark in
@@ -69,6 +78,12 @@ FULL = {"distance": 512, "rollout": 64, "erf": 32, "cost": 128, "cli": 512, "fla
 QUICK = {"distance": 64, "rollout": 16, "erf": 4, "cost": 32, "cli": 64, "flat_lo": 32, "flat_hi": 192, "cka": 64, "swin": 8}
 CKA_CNN = "vitlens/resnet-tiny-shapes"  # CKA's second model: the shipped ResNet, beside the small ViT
 SWIN = "swin_tiny_patch4_window7_224"      # windowed attention, random init
+#: High-resolution rows: (label, timm name, build kwargs, input px, target memory ratio, target throughput ratio).
+RESOLUTION = [("DINOv2-B/14, 224 px", "vit_base_patch14_dinov2", {"img_size": 224}, 224, None, 0.70),
+              ("DINOv2-B/14, 518 px", "vit_base_patch14_dinov2", {}, 518, 1.5, None),
+              ("SAM-B, 1024 px", "samvit_base_patch16", {}, 1024, None, None)]
+#: (images, batch) per resolution row, full and quick.
+RESOLUTION_SIZES = {False: [(32, 8), (16, 8), (4, 2)], True: [(8, 8), (8, 8), (1, 1)]}
 MIB = 1024 * 1024
 
 
@@ -77,7 +92,8 @@ MIB = 1024 * 1024
 sys.path.insert(0, str(REPO / "tests"))      # the baselines: beside the tests' reference implementations
 sys.path.insert(0, str(REPO / "analyses"))   # the process harness
 
-from harness import CLI_PROCESS, PLAIN_PROCESS, build_model, child_main, run_child, run_process  # noqa: E402
+from harness import (CLI_PROCESS, PLAIN_PROCESS, RESOLUTION_TASKS, build_model, child_main, run_child,  # noqa: E402
+                     run_process)
 from reference import erf_per_image, plain_forward, rollout_per_image, sync  # noqa: E402
 
 # --------------------------------------------------------------------------- the benchmark
@@ -147,6 +163,82 @@ def _timed_rounds(jobs: dict, rounds: int, device: str, label: str, light: tuple
     return {k: min(v) for k, v in times.items()}, times, out
 
 
+def stored_map_bytes(name: str, kwargs: dict, size: int, n: int) -> int:
+    """What keeping every attention block's probabilities of ``n`` images takes (float32)."""
+
+    from vitlens.models.families.registry import adapter_for
+    from vitlens.models.loading import load_model
+
+    adapter = adapter_for(load_model(name, pretrained=False, device="cpu", **kwargs))
+    blocks = adapter.attention_blocks()
+    if hasattr(adapter, "window_layout"):
+        lay = adapter.window_layout((size, size))
+        per = sum(g.num_windows * g.window_tokens ** 2 * b.num_heads for g, b in zip(lay, blocks))
+    else:
+        t = adapter.token_layout((size, size)).num_tokens
+        per = sum(t * t * b.num_heads for b in blocks)
+    del adapter, blocks
+    return per * 4 * n
+
+
+def resolution_rows(args, work: Path, rows: list, checks: dict, details: dict) -> None:
+    """Section 9: the high-resolution rows (see the module docstring)."""
+    import numpy as np
+
+    sizes = RESOLUTION_SIZES[bool(args.quick)]
+    details["resolution"] = {}
+    for (label, name, kwargs, px, mem_target, thr_target), (n, bs) in zip(RESOLUTION, sizes):
+        spec = {"model": name, "kwargs": kwargs, "size": px, "n": n, "batch_size": bs, "device": args.device,
+                "seed": args.seed, "attention_memory": args.attention_memory}
+        store = stored_map_bytes(name, kwargs, px, n)
+        tasks = [t for t in RESOLUTION_TASKS if t != "res-store" or store <= args.max_store_gib * 2 ** 30]
+        rep: dict[str, dict] = {}
+        tag = f"-{name}-{px}"
+        for task in tasks:
+            _say(f"{label}, {n} images, batch {bs}: {task}")
+            rep[task] = run_child(task, work, tag=tag, **spec)
+            _say(f"  {rep[task]['seconds']:.1f} s, peak {rep[task]['peak_rss'] / MIB:.0f} MiB")
+        cuda = args.device.startswith("cuda")
+        load = rep["res-load"]["peak_rss"]
+        above = {t: (r["cuda_peak_above_load"] if cuda else r["peak_rss"] - load) for t, r in rep.items()}
+        values = {t: np.load(rep[t]["result"] + ".npz") for t in ("res-chunked", "res-full")}
+        for key in ("distance", "entropy", "prefix_share"):
+            a, b = values["res-chunked"][key], values["res-full"][key]
+            ok = np.isfinite(b)
+            if np.abs(b[ok]).max(initial=0) > 0:
+                _agree(f"{label}: chunked vs full-map {key}", a[ok], b[ok], 1e-4, 1e-5, checks)
+            else:                                 # no prefix tokens (SAM): both all zero
+                assert (a[ok] == 0).all(), f"{label}: chunked {key} is not zero where the full-map one is"
+        fwd, ch, fu = above["res-forward"], above["res-chunked"], above["res-full"]
+        what = "peak allocated above the loaded model (CUDA)" if cuda else \
+            f"peak RSS above the load-only process ({load / MIB:.0f} MiB)"
+        r = ch / max(fwd, 1)
+        rows.append(row(f"{label}: `distance` chunked, {what}, batch {bs}", f"{ch / MIB:.0f} MiB",
+                        f"{fwd / MIB:.0f} MiB (plain fused forward)", r,
+                        f"<= {mem_target:g}" if mem_target else "(info)", (r <= mem_target) if mem_target else None,
+                        above=above, peak_rss={t: v["peak_rss"] for t, v in rep.items()},
+                        attention_memory_mb=args.attention_memory))
+        rows.append(row(f"{label}: `distance` full-map path, {what}, batch {bs}", f"{fu / MIB:.0f} MiB",
+                        f"{fwd / MIB:.0f} MiB (plain fused forward)", fu / max(fwd, 1), "(today)", None))
+        if "res-store" in rep:
+            st = above["res-store"]
+            rows.append(row(f"{label}: storing every layer's maps of {n} images, {what}", f"{st / MIB:.0f} MiB",
+                            f"{fwd / MIB:.0f} MiB (plain fused forward)", st / max(fwd, 1), "(info)", None,
+                            stored_bytes=rep["res-store"].get("stored_bytes")))
+        else:
+            rows.append(row(f"{label}: storing every layer's maps of {n} images: not run", f"{store / 2 ** 30:.1f} GiB "
+                            "of maps", f"> --max-store-gib {args.max_store_gib:g}", float("nan"), "(not run)", None))
+        tf, tc, tl = (rep[t]["seconds"] for t in ("res-forward", "res-chunked", "res-full"))
+        r = tf / tc
+        target = thr_target if thr_target and not cuda else None
+        rows.append(row(f"{label}: `distance` chunked throughput / plain fused forward, {n} images (batch {bs})",
+                        f"{n / tc:.2f} img/s", f"{n / tf:.2f} img/s", r, f">= {target:.2f}" if target else "(info)",
+                        (r >= target) if target else None, seconds={t: v["seconds"] for t, v in rep.items()}))
+        rows.append(row(f"{label}: `distance` full-map throughput / plain fused forward, {n} images (batch {bs})",
+                        f"{n / tl:.2f} img/s", f"{n / tf:.2f} img/s", tf / tl, "(today)", None))
+        details["resolution"][label] = {k: {kk: vv for kk, vv in v.items() if kk != "result"} for k, v in rep.items()}
+
+
 def run_benchmark(args) -> dict:
     import numpy as np
     import torch
@@ -167,6 +259,14 @@ def run_benchmark(args) -> dict:
     details = {"sizes": sizes, "rounds": rounds, "child_rounds": child_rounds, "batch_size": bs, "model": name,
                "small_model": args.small_model or None}
     work = Path(tempfile.mkdtemp(prefix="vitlens-bench-"))
+    if args.resolution_only:
+        try:
+            resolution_rows(args, work, rows, checks, details)
+        finally:
+            shutil.rmtree(work, ignore_errors=True) if not args.keep else _say(f"kept {work}")
+        info["load_average_end"] = list(os.getloadavg())
+        return {"command": "python analyses/benchmark.py " + shlex.join(sys.argv[1:]), "machine": info,
+                "details": details, "rows": rows, "checks": checks}
     try:
         # ---------------------------------------------------------------- images
         n_files = max(sizes["flat_hi"], sizes["cli"], sizes["distance"])
@@ -396,6 +496,10 @@ def run_benchmark(args) -> dict:
         rows.append(row(f"{SWIN} (windowed): distance throughput / plain fused forward, {nw} images (batch {bs})",
                         f"{nw / wbest['distance']:.1f} img/s", f"{nw / wbest['forward']:.1f} img/s", r, ">= 0.70",
                         r >= 0.70, distance_s=wtimes["distance"], forward_s=wtimes["forward"]))
+
+        # ---------------------------------------------------------------- 9. high resolution
+        if not args.skip_resolution:
+            resolution_rows(args, work, rows, checks, details)
     finally:
         if args.keep:
             _say(f"kept {work}")
@@ -409,6 +513,8 @@ def run_benchmark(args) -> dict:
 # --------------------------------------------------------------------------- output
 
 def _fmt_ratio(r: float) -> str:
+    if r != r:
+        return "-"
     return f"{r:.2f}x" if r >= 0.995 or r < 0.1 else f"{r:.2f}"
 
 
@@ -478,6 +584,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="weights and images")
     p.add_argument("--out", help="write the results: a .json or .md file, or a folder for benchmark.json and .md")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (images, logs, reports)")
+    p.add_argument("--resolution-only", action="store_true",
+                   help="run only the high-resolution rows (DINOv2-B/14 at 224 and 518 px, SAM-B at 1024 px)")
+    p.add_argument("--skip-resolution", action="store_true", help="leave the high-resolution rows out")
+    p.add_argument("--attention-memory", type=float, default=64.0, metavar="MB",
+                   help="the chunked path's memory budget in the high-resolution rows (default %(default)g)")
+    p.add_argument("--max-store-gib", type=float, default=4.0,
+                   help="run the store-every-map child only where the maps take at most this (default %(default)g)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the baselines live beside the tests' 
 
 from reference import plain_forward, sync, timm_distance  # noqa: E402
 
-__all__ = ["peak_rss", "build_model", "CLI_PROCESS", "PLAIN_PROCESS", "child_main", "run_process", "run_child"]
+__all__ = ["peak_rss", "build_model", "CLI_PROCESS", "PLAIN_PROCESS", "child_main", "run_process", "run_child",
+           "RESOLUTION_TASKS", "resolution_child"]
 
 
 def peak_rss() -> int:
@@ -83,6 +84,67 @@ _report(report, n_images=seen)
 """
 
 
+#: The high-resolution children: model and images only; the plain fused forward pass; ``vitlens
+#: distance``'s analysis on the chunked path and on the full-map path; every layer's maps stored.
+RESOLUTION_TASKS = ("res-load", "res-forward", "res-chunked", "res-full", "res-store")
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def resolution_child(task: str, spec: dict) -> dict:
+    """One high-resolution measurement: the model built with ``spec["kwargs"]`` (random weights from
+    the seed), ``n`` random images of ``size`` px, then ``task`` over them in batches of
+    ``batch_size``. Reports the process's peak RSS, its RSS after loading, the time of the task and,
+    on CUDA, the peak allocated above what the loaded model and images hold."""
+    import numpy as np
+    import torch
+
+    from vitlens.models.loading import load_model
+
+    device, bs, n, size = spec["device"], spec["batch_size"], spec["n"], spec["size"]
+    torch.manual_seed(spec["seed"])
+    model = load_model(spec["model"], pretrained=False, device=device, **spec.get("kwargs", {}))
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(spec["seed"])).to(device)
+    report = {"task": task, "n_images": n, "rss_after_load": _rss_now()}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        report["cuda_after_load"] = int(torch.cuda.memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t0 = time.perf_counter()
+    if task == "res-forward":
+        plain_forward(model, x, bs, device)
+    elif task in ("res-chunked", "res-full"):
+        from vitlens.analyses.attention.streaming import attention_distance
+        res = attention_distance(model, x, batch_size=bs, attention_path=task[4:],
+                                 attention_memory=spec.get("attention_memory", 64.0))
+        report["attention_path"] = res.attention_path
+        np.savez(spec["result"], distance=res.distance, entropy=res.entropy, prefix_share=res.prefix_share)
+    elif task == "res-store":
+        from vitlens.capture.attention import capture_attention
+        kept = []
+        with torch.no_grad(), capture_attention(model) as cap:
+            for i in range(0, n, bs):
+                model(x[i:i + bs])
+            kept = cap.maps                       # every layer's maps of every image, as a list of tensors
+        report["stored_bytes"] = int(sum(m.numel() * m.element_size() for m in kept))
+        del kept
+    elif task != "res-load":
+        raise ValueError(f"unknown child task {task!r}")
+    sync(device)
+    report["seconds"] = time.perf_counter() - t0
+    report["peak_rss"] = peak_rss()
+    if device.startswith("cuda"):
+        report["cuda_peak_above_load"] = int(torch.cuda.max_memory_allocated()) - report["cuda_after_load"]
+    return report
+
+
 def child_main(task: str, spec_path: str) -> int:
     """One measurement in a fresh process: ``load`` (model and images only), ``forward`` (plain
     fused forward pass), ``vitlens-distance`` or ``timm-distance``. Writes a JSON report (and the
@@ -91,6 +153,9 @@ def child_main(task: str, spec_path: str) -> int:
     import torch
 
     spec = json.loads(Path(spec_path).read_text())
+    if task in RESOLUTION_TASKS:
+        Path(spec["report"]).write_text(json.dumps(resolution_child(task, spec)))
+        return 0
     device, bs = spec["device"], spec["batch_size"]
     model = build_model(spec["model"], device, spec["seed"])
     x = torch.load(spec["images"], weights_only=True)[: spec["n"]]
@@ -148,12 +213,12 @@ def run_process(argv: list[str], log: Path, cpu: list | None = None) -> float:
     return wall
 
 
-def run_child(task: str, work: Path, **spec) -> dict:
-    spec_path, report = work / f"{task}.spec.json", work / f"{task}.report.json"
-    spec.update(report=str(report), result=str(work / f"{task}.npy"))
+def run_child(task: str, work: Path, tag: str = "", **spec) -> dict:
+    spec_path, report = work / f"{task}{tag}.spec.json", work / f"{task}{tag}.report.json"
+    spec.update(report=str(report), result=str(work / f"{task}{tag}.npy"))
     spec_path.write_text(json.dumps(spec))
     run_process([sys.executable, str(REPO / "analyses" / "benchmark.py"), "--child", task, "--spec", str(spec_path)],
-                work / f"{task}.log")
+                work / f"{task}{tag}.log")
     out = json.loads(report.read_text())
     out["result"] = spec["result"]
     return out

@@ -14,6 +14,8 @@ from .runtime.version import __version__
 # ``import vitlens`` (and ``vitlens --help``) does not load torch and timm until a name needs them.
 _EXPORTS = {
     "capture.attention": ("AttentionCapture", "attention_modules", "capture_attention"),
+    "capture.chunked": ("AttentionRows", "capture_attention_rows"),
+    "analyses.attention.entropy": ("attention_entropy", "prefix_share"),
     "analyses.representations.cka": ("CKAResult", "layer_cka"),
     "analyses.representations.tokens": ("TokenNorms", "token_norms"),
     "analyses.representations.probes": ("ProbeResult", "linear_probes"),
@@ -56,12 +58,14 @@ if typing.TYPE_CHECKING:  # the same names, for type checkers and editors
     from .analyses.fields.theoretical import theoretical_receptive_field
     from .analyses.locality import Locality
     from .analyses.representations.cka import CKAResult, layer_cka
+    from .analyses.attention.entropy import attention_entropy, prefix_share
     from .analyses.representations.tokens import TokenNorms, token_norms
     from .analyses.representations.probes import ProbeResult, linear_probes
     from .analyses.representations.localization import Localization, spatial_localization
     from .analyses.representations.skip import SkipRatios, skip_ratios
     from .capture.attention import AttentionCapture, attention_modules, capture_attention
     from .data.labels import LabelledImages, labelled_images
+    from .capture.chunked import AttentionRows, capture_attention_rows
     from .models.checkpoints import read_state_dict
     from .models.layout import token_layout
     from .models.loading import load_model, zoo_models
@@ -105,6 +109,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "AttentionCapture", "attention_modules", "capture_attention",
+    "AttentionRows", "capture_attention_rows", "attention_entropy", "prefix_share",
     "CKAResult", "layer_cka",
     "TokenNorms", "token_norms",
     "ProbeResult", "linear_probes", "LabelledImages", "labelled_images",

@@ -10,6 +10,12 @@ from typing import Sequence
 from typing import TYPE_CHECKING
 
 from ..analyses.attention.conventions import PREFIX_CONVENTIONS, UNITS
+from ..runtime.errors import VitlensError
+
+#: The attention paths and the default budget of vitlens.capture.chunked (named here so that help
+#: answers before torch is imported).
+ATTENTION_PATHS = ("auto", "chunked", "full")
+DEFAULT_ATTENTION_MEMORY_MB = 64.0
 from ..runtime.precision import PRECISIONS
 from ..runtime.resume import StopRequest, clear_partial
 
@@ -21,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["run_distance", "register", "PRODUCTS", "in_units"]
 
-PRODUCTS = ["attention_distance.csv", "attention_distance.png", "attention_distance.svg", "run.json"]
+PRODUCTS = ["attention_distance.csv", "attention_distance.png", "attention_distance.svg",
+            "attention_entropy.png", "attention_entropy.svg", "run.json"]
 
 
 def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str], out: str | Path, *,
@@ -29,9 +36,15 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
                  num_images: int | None = None, sample: bool = False, seed: int = 0,
                  prefix_tokens: str = "renormalize", units: str = "px", precision: str = "fp32",
                  workers: int = 0, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                 attention_path: str = "auto", attention_memory: float = DEFAULT_ATTENTION_MEMORY_MB,
                  args: argparse.Namespace | None = None) -> list[AttentionDistance]:
-    """Compute mean attention distance for every model over the same images and write
-    ``attention_distance.csv``, ``.png``, ``.svg`` and ``run.json`` into ``out``.
+    """Compute mean attention distance, entropy and prefix share of every head for every model over
+    the same images and write ``attention_distance.csv``, ``.png``, ``.svg``, the distance-against-
+    entropy figure ``attention_entropy.png`` and ``.svg``, and ``run.json`` into ``out``.
+
+    ``attention_path`` (``auto``, ``chunked``, ``full``) and ``attention_memory`` (MB) choose how
+    each block's probabilities are read (see :func:`~vitlens.analyses.attention.streaming.attention_distance`);
+    ``run.json`` records the path that ran for each model.
 
     Under ``torchrun`` each process reads a shard of the images and rank 0 writes the files. On
     SIGINT/SIGTERM the partial sums are saved and :class:`~vitlens.runtime.resume.Interrupted` is raised;
@@ -47,29 +60,42 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
     from ..runtime.io import RunRecord, prepare_out_dir, save_csv, save_figure
     from .common import args_record, display_name, images_for, load_models, model_record
     from .sharded import open_partial, sharded_pass
+    from ..capture.chunked import resolve_attention_path
+    from ..plotting.entropy import distance_entropy_figure
     from ..plotting.windows import is_windowed, windowed_distance_figure
 
+    if not attention_memory > 0:
+        raise VitlensError(f"--attention-memory must be a positive number of MB, got {attention_memory:g}.")
     ctx = context(device)
     out = prepare_out_dir(out, PRODUCTS, overwrite)
     models = load_models(specs, random_init=random_init, device=ctx.device, seed=seed)
     for model in models:  # refuse a CNN or an unknown attention before reading any image
         _check_layout(model)
         attention_modules(model)
+        resolve_attention_path(model, attention_path)
     ns = argparse.Namespace(images=list(images), num_images=num_images, sample=sample, seed=seed)
     setup = {"models": [list(s) for s in specs], "images": [str(i) for i in images], "num_images": num_images,
              "sample": sample, "seed": seed, "prefix_tokens": prefix_tokens, "units": units,
-             "random_init": random_init, "world": ctx.world}
+             "random_init": random_init, "world": ctx.world, "attention_path": attention_path}
     partial = open_partial(out, "distance", ctx, setup, resume)
     record = RunRecord("distance", arguments=args_record(args) if args else {},
                        conventions={"prefix_tokens": prefix_tokens, "units": units, "precision": precision,
                                     "distance": "mean over query patches of the attention-weighted "
-                                                "distance to key patch centres; images averaged last"},
+                                                "distance to key patch centres; images averaged last",
+                                    "entropy": "per head, mean over patch queries and images of the row's "
+                                               "entropy over all N keys divided by log N (1 = uniform); "
+                                               "windowed blocks: N = the window's tokens, masked pairs left out",
+                                    "prefix_share": "per head, mean over patch queries and images of the "
+                                                    "row's mass on prefix tokens (0 without any)",
+                                    "attention_path": attention_path,
+                                    "attention_memory_mb": attention_memory},
                        seed=seed, processes=ctx.world, models=[])
     results = []
     with StopRequest() as stop:
         for mi, model in enumerate(models):
             imgs = images_for(model, ns)
-            acc = new_accumulator(model, prefix_tokens=prefix_tokens, units=units)
+            acc = new_accumulator(model, prefix_tokens=prefix_tokens, units=units, attention_path=attention_path,
+                                  attention_memory=attention_memory)
             name = display_name(model)
             sharded_pass(ctx, stop, partial, mi, acc, imgs,
                          lambda todo: stream_distance(model, imgs, acc, batch_size=batch_size, indices=todo,
@@ -93,8 +119,12 @@ def run_distance(specs: Sequence[tuple[str, str | None]], images: Sequence[str],
         save_figure(fig, out / "attention_distance.png")
         save_figure(fig, out / "attention_distance.svg")
         plt.close(fig)
+        fig = distance_entropy_figure(results)
+        save_figure(fig, out / "attention_entropy.png")
+        save_figure(fig, out / "attention_entropy.svg")
+        plt.close(fig)
         record.save(out / "run.json")
-        print(f"wrote {out / 'attention_distance.csv'}, .png, .svg and run.json")
+        print(f"wrote {out / 'attention_distance.csv'}, .png, .svg, attention_entropy.png, .svg and run.json")
     ctx.barrier()
     clear_partial(out, "distance", ctx.rank)
     ctx.close()
@@ -148,8 +178,9 @@ def register(subparsers, common) -> None:
     p = subparsers.add_parser(
         "distance", parents=[common(models=True, images=True, out=True)],
         help="mean attention distance by depth (ViT paper Fig. 7 right; Raghu et al.)",
-        description="Mean attention distance of every head by depth, over an image set. Writes "
-                    "attention_distance.csv, .png, .svg and run.json into --out.")
+        description="Mean attention distance, entropy and share of attention on prefix tokens of every head "
+                    "by depth, over an image set. Writes attention_distance.csv, .png, .svg, "
+                    "attention_entropy.png, .svg and run.json into --out.")
     p.add_argument("--prefix-tokens", choices=PREFIX_CONVENTIONS, default="renormalize",
                    help="renormalize: drop class/distillation/register tokens and renormalise rows over "
                         "patches (default); discard: drop them without renormalising")
@@ -159,6 +190,13 @@ def register(subparsers, common) -> None:
                    help="forward-pass precision; reductions are always float32")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the partial sums it saved in --out")
+    p.add_argument("--attention-path", choices=ATTENTION_PATHS, default="auto",
+                   help="auto: each block's attention formed from its own queries and keys a block of query rows "
+                        "at a time where the model's family allows it exactly, else full maps (default); "
+                        "chunked: require that; full: read every block's full [batch, head, query, key] map")
+    p.add_argument("--attention-memory", type=float, default=DEFAULT_ATTENTION_MEMORY_MB, metavar="MB",
+                   help="memory for one block's chunk of attention rows on the chunked path "
+                        "(default %(default)g MB); the results do not depend on it")
 
     def _run(args):
         from .common import model_specs
@@ -166,6 +204,7 @@ def register(subparsers, common) -> None:
                      device=args.device, batch_size=args.batch_size, num_images=args.num_images,
                      sample=args.sample, seed=args.seed, prefix_tokens=args.prefix_tokens, units=args.units,
                      precision=args.precision, workers=args.workers, overwrite=args.overwrite,
-                     resume=args.resume, args=args)
+                     resume=args.resume, attention_path=args.attention_path,
+                     attention_memory=args.attention_memory, args=args)
 
     p.set_defaults(func=_run)

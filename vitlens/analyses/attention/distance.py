@@ -27,6 +27,7 @@ from ...models.tokens import TokenLayout
 from ...runtime.frozen import freeze_arrays
 from ...runtime.precision import float32_probabilities
 from .conventions import PREFIX_CONVENTIONS, UNITS  # named here as well
+from .entropy import attention_entropy, patch_centres, prefix_share, reduce_attention_rows
 
 __all__ = ["PREFIX_CONVENTIONS", "UNITS", "check_prefix_convention", "distance_matrix", "uniform_distance", "mean_attention_distance",
            "DistanceAccumulator", "AttentionDistance"]
@@ -119,6 +120,15 @@ class AttentionDistance:
         layer_names: module name of each layer's attention.
         depths: the index of the transformer block each layer belongs to (its family adapter's
             ``AttentionBlock.depth``), for placing layers on a depth axis.
+        entropy: ``[layer, head]`` mean over patch queries and images of each row's entropy over all
+            keys divided by ``log N`` (1 for uniform attention, 0 for one-hot;
+            :mod:`vitlens.analyses.attention.entropy`); None when not computed.
+        prefix_share: ``[layer, head]`` mean over patch queries and images of each row's mass on
+            prefix tokens (class, distillation, registers; 0 where the model has none); None when not
+            computed.
+        attention_path: how the probabilities were read: ``"chunked"`` (from each block's queries
+            and keys a block of rows at a time) or ``"full"`` (whole maps), with why in
+            ``attention_path_note``.
     """
 
     distance: np.ndarray
@@ -134,6 +144,10 @@ class AttentionDistance:
     model: str = ""
     layer_names: tuple[str, ...] = field(default_factory=tuple)
     depths: tuple[int, ...] = field(default_factory=tuple)
+    entropy: np.ndarray | None = None
+    prefix_share: np.ndarray | None = None
+    attention_path: str = ""
+    attention_path_note: str = ""
 
     def __post_init__(self):
         freeze_arrays(self)
@@ -158,9 +172,19 @@ class AttentionDistance:
         """``[layer]`` the number of local heads in each layer (see :meth:`local_heads`)."""
         return self.local_heads(fraction).sum(axis=1)
 
+    def row_columns(self, rows=None) -> dict:
+        """``entropy`` and ``prefix_share`` columns for frame rows ``rows`` (``(layer, head)`` index
+        arrays; every cell by default), where computed."""
+        out = {}
+        for name in ("entropy", "prefix_share"):
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = v.ravel() if rows is None else v[rows]
+        return out
+
     def to_frame(self):
         """Tidy frame: one row per (layer, head), 0-based, with ``distance_<unit>``, ``std_<unit>``,
-        the 95% range across images and ``n_images``."""
+        the 95% range across images, ``entropy`` and ``prefix_share`` (where computed) and ``n_images``."""
         import pandas as pd
 
         L, H = self.distance.shape
@@ -173,6 +197,7 @@ class AttentionDistance:
             f"std_{u}": self.std.ravel(),
             f"low95_{u}": self.low.ravel(),
             f"high95_{u}": self.high.ravel(),
+            **self.row_columns(),
             "n_images": self.n_images,
             "prefix_tokens": self.prefix_tokens,
         })
@@ -181,7 +206,10 @@ class AttentionDistance:
         """Metadata for a run record (not the arrays)."""
         return {"model": self.model, "units": self.units, "prefix_tokens": self.prefix_tokens,
                 "n_images": self.n_images, "uniform_distance": self.uniform,
-                "token_layout": self.layout.to_dict(), "n_nonfinite": int(self.n_nonfinite.sum())}
+                "token_layout": self.layout.to_dict(), "n_nonfinite": int(self.n_nonfinite.sum()),
+                "attention_path": self.attention_path, "attention_path_note": self.attention_path_note,
+                "entropy": "mean over patch queries and images of -sum_k A log A over all keys / log N",
+                "prefix_share": "mean over patch queries and images of the row's mass on prefix tokens"}
 
     def plot(self, ax=None, **kwargs):
         """The paper's plot: one dot per head against depth. Returns the axes."""
@@ -209,10 +237,21 @@ class DistanceAccumulator:
                  device: str | torch.device = "cpu"):
         check_prefix_convention(prefix_tokens)
         self.layout, self.prefix_tokens, self.units = layout, prefix_tokens, units
-        d = distance_matrix(layout, units)
-        self.max_distance = float(d.max()) if d.size else 1.0
-        self._dist = torch.as_tensor(d, dtype=torch.float32, device=device)
+        self._centres = patch_centres(layout, units)                   # [patch, 2] float64
+        c = self._centres.numpy()                                      # farthest pair: opposite corners
+        self.max_distance = float(np.sqrt(((c.max(0) - c.min(0)) ** 2).sum())) if len(c) else 1.0
+        self.max_distance = self.max_distance or 1.0
+        self._device = torch.device(device)
+        self._dist: torch.Tensor | None = None                         # [patch, patch], the full-map path's only
+        self.attention_path, self.attention_path_note = "full", ""
+        self.attention_memory = None
         self._allocate((num_layers, num_heads))
+
+    def _distances(self, device: torch.device) -> torch.Tensor:
+        if self._dist is None or self._dist.device != device:
+            d = distance_matrix(self.layout, self.units)
+            self._dist = torch.as_tensor(d, dtype=torch.float32, device=device)
+        return self._dist
 
     def _allocate(self, shape: tuple[int, int]) -> None:
         """Empty per-(layer, head) sums, sums of squares, histograms and extremes."""
@@ -223,7 +262,10 @@ class DistanceAccumulator:
         self.hist = np.zeros(shape + (HIST_BINS,), dtype=np.int64)
         self.min = np.full(shape, np.inf)
         self.max = np.full(shape, -np.inf)
-        self._pending: list[tuple[int, torch.Tensor]] = []
+        self.entropy_sum = np.zeros(shape, dtype=np.float64)
+        self.prefix_sum = np.zeros(shape, dtype=np.float64)
+        self.row_count = np.zeros(shape, dtype=np.int64)
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (layer, [3, batch, head] or distances [batch, head])
 
     def update(self, layer: int, attn: torch.Tensor) -> None:
         """Add the ``[batch, head, query, key]`` maps of ``layer`` for one batch of images.
@@ -231,12 +273,21 @@ class DistanceAccumulator:
         On an accelerator the per-head distances stay on the device until :meth:`flush` (called
         once per batch by :func:`stream_distance`, and by every method that reads the sums), so the
         forward pass is not stopped at every layer to copy a few numbers to the host."""
-        if self._dist.device != attn.device:
-            self._dist = self._dist.to(attn.device)
         mad = mean_attention_distance(attn, self.layout, prefix_tokens=self.prefix_tokens,
-                                      units=self.units, dist=self._dist)  # [batch, head] float32
-        self._pending.append((layer, mad))
-        if mad.device.type == "cpu":
+                                      units=self.units, dist=self._distances(attn.device))  # [batch, head] float32
+        self._queue(layer, torch.stack([mad, attention_entropy(attn, self.layout), prefix_share(attn, self.layout)]))
+
+    def update_rows(self, layer: int, rows) -> None:
+        """Add one batch of ``layer`` from its :class:`~vitlens.capture.chunked.AttentionRows` (the
+        chunked path: a block of query rows at a time, never the full map); the same numbers as
+        :meth:`update` on the full maps, to float32 rounding."""
+        mad, ent, pre = reduce_attention_rows(rows.chunks(), num_prefix=self.layout.num_prefix_tokens,
+                                              centres=self._centres, renormalize=self.prefix_tokens == "renormalize")
+        self._queue(layer, torch.stack([mad, ent, pre]))
+
+    def _queue(self, layer: int, values: torch.Tensor) -> None:
+        self._pending.append((layer, values))
+        if values.device.type == "cpu":
             self.flush()
 
     def flush(self) -> None:
@@ -248,8 +299,20 @@ class DistanceAccumulator:
         values = (torch.stack([m for _, m in self._pending]).double().cpu().numpy() if same else
                   [m.double().cpu().numpy() for _, m in self._pending])
         self._pending = []
-        for layer, mad in zip(layers, values):
-            self._add(layer, mad)
+        for layer, v in zip(layers, values):
+            if v.ndim == 2:                      # distances alone [batch, head]
+                self._add(layer, v)
+                continue
+            self._add(layer, v[0])               # [distance, entropy, prefix share] x [batch, head]
+            self._add_rows(layer, v[1], v[2])
+
+    def _add_rows(self, layer: int, entropy: np.ndarray, prefix: np.ndarray) -> None:
+        """Add ``[batch, head]`` entropies and prefix shares (images with non-finite values left out)."""
+        h = entropy.shape[1]
+        ok = np.isfinite(entropy) & np.isfinite(prefix)
+        self.entropy_sum[layer, :h] += np.where(ok, entropy, 0.0).sum(0)
+        self.prefix_sum[layer, :h] += np.where(ok, prefix, 0.0).sum(0)
+        self.row_count[layer, :h] += ok.sum(0)
 
     def _add(self, layer: int, mad: np.ndarray) -> None:
         ok = np.isfinite(mad)
@@ -264,7 +327,7 @@ class DistanceAccumulator:
         for h in range(v.shape[1]):
             np.add.at(self.hist[layer, h], bins[ok[:, h], h], 1)
 
-    SUMMED = ("count", "nonfinite", "sum", "sumsq", "hist")
+    SUMMED = ("count", "nonfinite", "sum", "sumsq", "hist", "entropy_sum", "prefix_sum", "row_count")
 
     def merge(self, other: "DistanceAccumulator") -> None:
         """Add another accumulator's images to this one."""
@@ -285,6 +348,21 @@ class DistanceAccumulator:
         self.flush()
         for k, v in state.items():
             getattr(self, k)[...] = v
+
+    def row_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(entropy, prefix_share)`` per ``[layer, head]``: means over images (NaN where none)."""
+        self.flush()
+        n = self.row_count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (np.where(n > 0, self.entropy_sum / np.maximum(n, 1), np.nan),
+                    np.where(n > 0, self.prefix_sum / np.maximum(n, 1), np.nan))
+
+    def path_fields(self) -> dict:
+        """The result's ``attention_path`` and ``attention_path_note``."""
+        note = self.attention_path_note
+        if self.attention_path == "chunked" and self.attention_memory is not None:
+            note += f" (memory budget {self.attention_memory:g} MB per block)"
+        return {"attention_path": self.attention_path, "attention_path_note": note}
 
     def _quantile(self, q: float) -> np.ndarray:
         cdf = np.cumsum(self.hist, axis=-1)
@@ -313,10 +391,12 @@ class DistanceAccumulator:
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> AttentionDistance:
         layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
         mean, var, low, high = self.statistics()
+        entropy, prefix = self.row_statistics()
         n = self.count
         return AttentionDistance(distance=mean, std=np.sqrt(np.maximum(var, 0.0)), low=low, high=high,
                                  n_images=int(n.max()) if n.size else 0, n_nonfinite=self.nonfinite.copy(),
                                  units=self.units, prefix_tokens=self.prefix_tokens,
                                  uniform=uniform_distance(self.layout, self.units), layout=self.layout,
                                  model=model, layer_names=tuple(layer_names),
-                                 depths=tuple(getattr(self, "depths", ())))
+                                 depths=tuple(getattr(self, "depths", ())), entropy=entropy, prefix_share=prefix,
+                                 **self.path_fields())

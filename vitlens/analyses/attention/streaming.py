@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ...capture.attention import capture_attention
+from ...capture.chunked import DEFAULT_ATTENTION_MEMORY_MB, capture_attention_rows, resolve_attention_path
 from ...models.layout import token_layout
 from ...models.loading import model_name
 from ...runtime.batches import check_images, iter_batches, num_images
@@ -29,13 +30,19 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
     can show progress, stop between batches, or record what is done. Hooks, the fused-attention
     switch and eval mode are set for each batch's forward pass and undone before the batch is
     yielded, so nothing the caller runs in between is counted and the model is as the caller left it.
+    The accumulator's ``attention_path`` (set by :func:`new_accumulator`) says whether each block's
+    probabilities are formed a block of query rows at a time (``"chunked"``) or read as full maps.
     """
     from ...models.families.registry import forward_of
 
     device = next(model.parameters()).device
     forward = forward_of(model)
+    chunked = getattr(accumulator, "attention_path", "full") == "chunked"
+    memory = getattr(accumulator, "attention_memory", None) or DEFAULT_ATTENTION_MEMORY_MB
     for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
-        with torch.no_grad(), eval_mode(model), capture_attention(model, callback=accumulator.update):
+        capture = (capture_attention_rows(model, callback=accumulator.update_rows, memory_mb=memory) if chunked
+                   else capture_attention(model, callback=accumulator.update))
+        with torch.no_grad(), eval_mode(model), capture:
             with autocast(device, precision):
                 forward(x.to(device, non_blocking=True))
         accumulator.flush()
@@ -43,10 +50,14 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
 
 
 def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
-                    units: Unit = "px") -> DistanceAccumulator:
+                    units: Unit = "px", attention_path: str = "auto",
+                    attention_memory: float = DEFAULT_ATTENTION_MEMORY_MB) -> DistanceAccumulator:
     """An empty accumulator shaped for ``model``'s layers, heads and token layout; for a windowed
     model (its adapter has ``window_layout``: Swin, Swin-V2, SAM) a
-    :class:`~vitlens.analyses.attention.windowed_distance.WindowedDistanceAccumulator` over its window layout."""
+    :class:`~vitlens.analyses.attention.windowed_distance.WindowedDistanceAccumulator` over its window layout.
+    ``attention_path`` (``auto``, ``chunked``, ``full``) is resolved here
+    (:func:`~vitlens.capture.chunked.resolve_attention_path`) and kept with ``attention_memory`` (MB)
+    as the accumulator's ``attention_path``, ``attention_path_note`` and ``attention_memory``."""
     from ...models.families.registry import adapter_for
 
     adapter = adapter_for(model)
@@ -60,13 +71,18 @@ def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixC
                                   prefix_tokens=prefix_tokens, units=units, device=next(model.parameters()).device)
     acc.layer_names = tuple(b.name for b in blocks)  # what the result is labelled with
     acc.depths = tuple(b.depth for b in blocks)
+    acc.attention_path, acc.attention_path_note = resolve_attention_path(model, attention_path)
+    acc.attention_memory = float(attention_memory)
+    if not acc.attention_memory > 0:
+        raise ValueError(f"attention_memory must be positive, got {attention_memory} MB")
     return acc
 
 
 def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
                        prefix_tokens: PrefixConvention = "renormalize", units: Unit = "px",
                        precision: str = "fp32", input_size=None, name: str | None = None,
-                       progress: bool = False, workers: int = 0) -> AttentionDistance:
+                       progress: bool = False, workers: int = 0, attention_path: str = "auto",
+                       attention_memory: float = DEFAULT_ATTENTION_MEMORY_MB) -> AttentionDistance:
     """Mean attention distance of every head of ``model`` over ``images``.
 
     Args:
@@ -84,13 +100,23 @@ def attention_distance(model: nn.Module, images, *, batch_size: int = 32,
         name: the model's name in the result (default: its recorded name).
         progress: show a progress bar.
         workers: image-decoding worker processes for an ImageSet.
+        attention_path: ``"auto"`` (default: chunked where the model's family recomputes its
+            attention exactly from queries and keys, else full maps), ``"chunked"`` (an error where it
+            cannot) or ``"full"`` (every block's full map ``[batch, head, query, key]``, the reference
+            path). The result's ``attention_path`` and ``attention_path_note`` say which ran.
+        attention_memory: MB for one block's chunk of probabilities and its reduction on the chunked
+            path (the chunk of query rows follows from it; results do not depend on it).
+
+    The result also holds each head's ``entropy`` and ``prefix_share``
+    (:mod:`vitlens.analyses.attention.entropy`), from the same pass.
     """
     from ...runtime.progress import progress_bar
 
     check_images(images)
     if isinstance(images, torch.Tensor) and input_size is None:
         input_size = tuple(images.shape[-2:])
-    acc = new_accumulator(model, input_size, prefix_tokens=prefix_tokens, units=units)
+    acc = new_accumulator(model, input_size, prefix_tokens=prefix_tokens, units=units, attention_path=attention_path,
+                          attention_memory=attention_memory)
     total = num_images(images)
     with progress_bar(total=total, desc="attention distance", unit="img", enabled=progress) as bar:
         for idx in stream_distance(model, images, acc, batch_size=batch_size, precision=precision,

@@ -11,14 +11,17 @@ beyond each block's own heads, whose counts the result records.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ...models.windows import BlockGeometry, Unit, WindowLayout, _positions, counted_pairs, pair_distances
+from ...models.windows import (BlockGeometry, Unit, WindowLayout, _positions, _scale, counted_pairs, pair_distances,
+                               token_positions)
 from ...runtime.precision import float32_probabilities
+from .entropy import reduce_attention_rows
 from .distance import HIST_BINS, AttentionDistance, DistanceAccumulator, PrefixConvention, check_prefix_convention
 
 __all__ = ["WindowedAttentionDistance", "WindowedDistanceAccumulator", "windowed_mean_attention_distance",
@@ -37,6 +40,12 @@ class ReductionTables:
     pairs: torch.Tensor
     valid_query: torch.Tensor
     max_distance: float
+
+
+def _farthest(g: BlockGeometry, units: Unit) -> float:
+    """The largest distance between two tokens of a global block (opposite corners), in ``units``."""
+    c = np.asarray(g.grid_size, dtype=np.float64) - 1
+    return float(np.sqrt(((c * _scale(g, units)) ** 2).sum()))
 
 
 def reduction_tables(g: BlockGeometry, units: Unit = "px", device: str | torch.device = "cpu") -> ReductionTables:
@@ -87,6 +96,27 @@ def windowed_mean_attention_distance(attn: torch.Tensor, geometry: BlockGeometry
     return out.masked_fill(corrupt | (n == 0), float("nan"))
 
 
+def windowed_entropy(attn: torch.Tensor, geometry: BlockGeometry, *, tables: ReductionTables | None = None,
+                     units: Unit = "px") -> torch.Tensor:
+    """``[batch, head]`` mean over every real query token of every window of its row's entropy over
+    the counted keys (shift-mask pairs and padding keys left out), divided by ``log`` of the window's
+    token count: 1 for uniform attention over a whole window, 0 for one-hot.
+
+    Args:
+        attn: ``[batch * window, head, query, key]`` probabilities, as for
+            :func:`windowed_mean_attention_distance`.
+    """
+    nw, wt = geometry.num_windows, geometry.window_tokens
+    if tables is None:
+        tables = reduction_tables(geometry, units, attn.device)
+    heads = attn.shape[1]
+    a = float32_probabilities(attn).reshape(-1, nw, heads, wt, wt)             # [batch, window, head, query, key]
+    counted = tables.pairs[..., 1][None, :, None]                              # [1, window, 1, query, key]
+    h = -(torch.xlogy(a, a) * counted).sum(-1) / math.log(wt) if wt > 1 else torch.full(a.shape[:-1], float("nan"))
+    valid = tables.valid_query[None, :, None, :]                               # [1, window, 1, query]
+    return torch.where(valid, h, 0.0).sum((1, 3)) / valid.sum((1, 3))
+
+
 # --------------------------------------------------------------------------- the accumulator
 
 def _ints(n: int = 0) -> np.ndarray:
@@ -116,8 +146,10 @@ class WindowedAttentionDistance(AttentionDistance):
     uniform_by_layer: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self):
-        for name in ("distance", "std", "low", "high", "n_nonfinite", "stage", "block", "heads", "uniform_by_layer"):
-            getattr(self, name).setflags(write=False)
+        for name in ("distance", "std", "low", "high", "n_nonfinite", "stage", "block", "heads", "uniform_by_layer",
+                     "entropy", "prefix_share"):
+            if getattr(self, name) is not None:
+                getattr(self, name).setflags(write=False)
 
     def stage_uniform(self) -> dict[int, float]:
         """Each stage's reference: its first (unshifted) block's, uniform attention over one window."""
@@ -155,12 +187,16 @@ class WindowedAttentionDistance(AttentionDistance):
             f"low95_{u}": self.low[L, H],
             f"high95_{u}": self.high[L, H],
             f"uniform_{u}": self.uniform_by_layer[L],
+            **self.row_columns((L, H)),
             "n_images": self.n_images,
             "prefix_tokens": self.prefix_tokens,
         })
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in super().to_dict().items() if k != "token_layout"}
+        d["entropy"] = ("mean over every real query token of every window and images of -sum A log A over the "
+                        "counted keys (shift-mask pairs and padding keys left out) / log(window tokens)")
+        d["prefix_share"] = "0: windowed models have no prefix tokens"
         d.update(window_layout=self.layout.to_dict(), heads=self.heads.tolist(),
                  uniform_by_layer=self.uniform_by_layer.tolist(),
                  distance="mean over every real query token of every window of the attention-weighted "
@@ -192,8 +228,11 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
         self.num_heads = np.asarray(num_heads, dtype=np.int64)
         self._device = torch.device(device)
         self._tables: dict[tuple[int, str], ReductionTables] = {}
-        maxima = [self._table(i, self._device).max_distance for i in range(len(layout))]
+        self._centres: dict[int, torch.Tensor] = {}
+        maxima = [_farthest(layout[i], units) if layout[i].is_global else self._table(i, self._device).max_distance
+                  for i in range(len(layout))]           # no [query, key] table for a global block
         self.max_distance = float(max(maxima, default=0.0)) or 1.0
+        self.attention_path, self.attention_path_note, self.attention_memory = "full", "", None
         self._allocate((len(layout), int(self.num_heads.max(initial=1))))
 
     def _table(self, layer: int, device: torch.device) -> ReductionTables:
@@ -206,11 +245,24 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
         """Add the window maps ``[batch * window, head, query, key]`` of block ``layer`` for one batch."""
         if attn.shape[1] != self.num_heads[layer]:
             raise ValueError(f"block {layer} has {self.num_heads[layer]} heads but its maps have {attn.shape[1]}")
-        mad = windowed_mean_attention_distance(attn, self.layout[layer], units=self.units,
-                                               tables=self._table(layer, attn.device))  # [batch, head]
-        self._pending.append((layer, mad))
-        if mad.device.type == "cpu":
-            self.flush()
+        g, tables = self.layout[layer], self._table(layer, attn.device)
+        mad = windowed_mean_attention_distance(attn, g, units=self.units, tables=tables)  # [batch, head]
+        ent = windowed_entropy(attn, g, tables=tables)
+        self._queue(layer, torch.stack([mad, ent, torch.zeros_like(ent)]))
+
+    def update_rows(self, layer: int, rows) -> None:
+        """Add one batch of block ``layer`` from its :class:`~vitlens.capture.chunked.AttentionRows`:
+        a global block (SAM's) a block of query rows at a time, never its full map; a windowed block
+        from its window maps, formed whole (one window's tokens squared)."""
+        g = self.layout[layer]
+        if not g.is_global:
+            self.update(layer, rows.full())
+            return
+        if layer not in self._centres:
+            pos, _ = token_positions(g)
+            self._centres[layer] = torch.as_tensor(pos[0] * _scale(g, self.units), dtype=torch.float64)
+        mad, ent, _ = reduce_attention_rows(rows.chunks(), num_prefix=0, centres=self._centres[layer], renormalize=True)
+        self._queue(layer, torch.stack([mad, ent, torch.zeros_like(ent)]))
 
     def _add(self, layer: int, mad: np.ndarray) -> None:
         h = mad.shape[1]
@@ -229,6 +281,7 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
     def result(self, model: str = "", layer_names: Iterable[str] = ()) -> WindowedAttentionDistance:
         layer_names = tuple(layer_names) or getattr(self, "layer_names", ())
         mean, var, low, high = self.statistics()
+        entropy, prefix = self.row_statistics()
         n = self.count
         real = np.arange(n.shape[1])[None, :] < self.num_heads[:, None]       # [layer, head]
         std = np.where(real, np.sqrt(np.maximum(var, 0.0)), np.nan)
@@ -239,4 +292,5 @@ class WindowedDistanceAccumulator(DistanceAccumulator):
             prefix_tokens=self.prefix_tokens, uniform=float(uniform[-1]) if uniform.size else float("nan"),
             layout=self.layout, model=model, layer_names=tuple(layer_names), depths=tuple(getattr(self, "depths", ())),
             stage=self.layout.stages,
-            block=self.layout.block_in_stage, heads=self.num_heads.copy(), uniform_by_layer=uniform)
+            block=self.layout.block_in_stage, heads=self.num_heads.copy(), uniform_by_layer=uniform,
+            entropy=np.where(real, entropy, np.nan), prefix_share=np.where(real, prefix, np.nan), **self.path_fields())

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from ...runtime.errors import UnsupportedModelError
-from .base import EmitAttention
+from .base import EmitAttention, EmitQueryKey, QueryKey, bias_rows
 
-__all__ = ["capture_mha", "mha_dropout_active", "recompute_mha"]
+__all__ = ["capture_mha", "mha_dropout_active", "recompute_mha", "mha_query_key"]
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
@@ -118,3 +118,68 @@ def recompute_mha(module: nn.MultiheadAttention, query: torch.Tensor) -> torch.T
     q = q.view(n, t, h, d // h).transpose(1, 2)  # [batch, head, token, head_dim]
     k = k.view(n, t, h, d // h).transpose(1, 2)
     return torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1)
+
+
+def _in_projection(module: nn.MultiheadAttention, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q, k`` ``[batch, head, token, head_dim]`` of a self-attention call's ``query`` (batch first)."""
+    d, h = module.embed_dim, module.num_heads
+    w, b = module.in_proj_weight, module.in_proj_bias
+    q = nn.functional.linear(query, w[:d], None if b is None else b[:d])
+    k = nn.functional.linear(query, w[d:2 * d], None if b is None else b[d:2 * d])
+    n, t, _ = q.shape
+    return q.view(n, t, h, d // h).transpose(1, 2), k.view(n, t, h, d // h).transpose(1, 2)
+
+
+def check_query_key(blocks: Sequence[tuple[int, str, nn.MultiheadAttention]]) -> None:
+    """Refuse modules whose q and k cannot be recomputed from one packed ``in_proj``."""
+    for _, name, m in blocks:
+        if not getattr(m, "_qkv_same_embed_dim", False) or m.in_proj_weight is None \
+                or m.bias_k is not None or m.add_zero_attn:
+            raise UnsupportedModelError(
+                f"attention module {name} has separate or extended key/value projections; vitlens recomputes "
+                "only packed self-attention from queries and keys, so its full maps are read instead.")
+
+
+def mha_query_key(blocks: Sequence[tuple[int, str, nn.MultiheadAttention]], emit: EmitQueryKey):
+    """Emit every listed self-attention call's q and k, recomputed from its input with the module's
+    packed ``in_proj`` (the module's own call runs untouched, on its fast path), scale
+    ``1 / sqrt(head_dim)`` and its ``attn_mask`` as bias. A call with a key padding mask, a causal
+    call, or one whose key is not its query is refused (UnsupportedModelError at once for a module
+    without one packed ``in_proj``)."""
+    check_query_key(blocks)
+    return _mha_query_key(blocks, emit)
+
+
+@contextmanager
+def _mha_query_key(blocks: Sequence[tuple[int, str, nn.MultiheadAttention]], emit: EmitQueryKey) -> Iterator[None]:
+    handles = []
+
+    def hook(index: int, name: str):
+        def after(module, args, kwargs, _output):
+            bound = _SIGNATURE.bind(module, *args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            query = a["query"]
+            if a["key"] is not query or a.get("key_padding_mask") is not None or a.get("is_causal"):
+                raise UnsupportedModelError(
+                    f"attention module {name} is called with a separate key, a key padding mask or causally; "
+                    "vitlens recomputes plain self-attention only (use the full-map path).")
+            x = query.detach()
+            if x.dim() == 2:
+                x = x.unsqueeze(0 if module.batch_first else 1)
+            if not module.batch_first:
+                x = x.transpose(0, 1)
+            with torch.no_grad():
+                q, k = _in_projection(module, x)
+            mask = a.get("attn_mask")
+            emit(index, QueryKey(q=q, k=k, scale=1.0 / (q.shape[-1] ** 0.5),
+                                 bias=bias_rows(None if mask is None else mask.detach())))
+        return after
+
+    try:
+        for index, name, module in blocks:
+            handles.append(module.register_forward_hook(hook(index, name), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

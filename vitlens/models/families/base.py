@@ -8,6 +8,7 @@ its patch-embedding filters and its preprocessing. Analyses, jobs and plots talk
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -16,13 +17,75 @@ from typing import Callable, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from ...runtime.errors import UnsupportedModelError
 from ..tokens import TokenLayout
 
 __all__ = ["AttentionBlock", "PositionTable", "Preprocessing", "FamilyAdapter", "EmitAttention", "kept_blocks",
-           "ResidualSite", "ResidualBlock", "RESIDUAL_LAYOUTS"]
+           "ResidualSite", "ResidualBlock", "RESIDUAL_LAYOUTS",
+           "EmitQueryKey", "QueryKey", "bias_rows"]
 
 #: ``emit(block_index, attn)`` with ``attn`` ``[batch, head, query, key]`` post-softmax probabilities.
 EmitAttention = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class QueryKey:
+    """One block's attention in factored form: its probabilities are
+    ``softmax(q k^T * scale + bias)`` row by row, so any block of query rows can be formed alone.
+
+    Attributes:
+        q: ``[batch, head, query, head_dim]`` the queries exactly as the block attends with them
+            (after its q-norm and rotary embedding).
+        k: ``[batch, head, key, head_dim]`` the keys, likewise.
+        scale: the factor on ``q k^T``.
+        bias: ``bias(start, stop)`` -> the additive logits (relative position bias, mask) of query
+            rows ``start:stop``, broadcastable to ``[batch, head, stop - start, key]``; None when
+            the block adds none. A boolean mask is returned as 0 / -inf.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scale: float
+    bias: Callable[[int, int], torch.Tensor] | None = None
+
+    @functools.cached_property
+    def keys_t(self) -> torch.Tensor:
+        """``k^T`` ``[batch, head, head_dim, key]`` in float32, contiguous, made once per block: a
+        block's k is usually a strided view of its qkv projection, and a product with a strided
+        operand copies it on every call."""
+        return self.k.float().transpose(-2, -1).contiguous()
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(batch, head, query, key)`` of the full map (which is never formed)."""
+        return (self.q.shape[0], self.q.shape[1], self.q.shape[2], self.k.shape[2])
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Probabilities of query rows ``start:stop`` in float32, ``[batch, head, stop - start, key]``:
+        exact for those rows, because a softmax is taken per row."""
+        q = self.q[:, :, start:stop].float() * self.scale
+        s = q @ self.keys_t
+        if self.bias is not None:
+            s = s + self.bias(start, stop).float()
+        return torch.softmax(s, dim=-1)
+
+
+def bias_rows(mask: torch.Tensor | None) -> Callable[[int, int], torch.Tensor] | None:
+    """``bias(start, stop)`` for an additive or boolean mask ``[..., query or 1, key]``."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        keep = mask
+        mask = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device).masked_fill(~keep, float("-inf"))
+    full = mask.shape[-2] > 1 if mask.ndim >= 2 else False
+
+    def bias(start: int, stop: int) -> torch.Tensor:
+        return mask[..., start:stop, :] if full else mask
+    return bias
+
+
+#: ``emit(block_index, qk)`` with the block's :class:`QueryKey` for one forward pass.
+EmitQueryKey = Callable[[int, QueryKey], None]
 
 
 @dataclass(frozen=True)
@@ -157,6 +220,20 @@ class FamilyAdapter(ABC):
         on exit every hook is removed and every flag restored, also when the body raises. The
         model's outputs are unchanged. On exit it raises UnsupportedModelError when a block ran
         without forming its probabilities."""
+
+    def exact_query_key(self, blocks: Sequence[int], emit: EmitQueryKey) -> AbstractContextManager:
+        """A context manager: inside it, every forward pass calls ``emit(i, qk)`` for every block
+        index ``i`` in ``blocks`` with the block's own queries, keys, scale and bias
+        (:class:`QueryKey`), from which any rows of its probabilities can be formed exactly without
+        the ``[query, key]`` map. The block's fast path (fused attention) runs as the model's own, so
+        outputs are unchanged; on exit every hook is removed and every flag restored.
+
+        Raises UnsupportedModelError at once (before anything is hooked) where the family's
+        attention cannot be recomputed exactly; callers then read full maps with
+        :meth:`exact_attention`. This default says so for a family that implements neither."""
+        raise UnsupportedModelError(
+            f"the {self.family or type(self).__name__} family does not recompute attention from queries and "
+            "keys; its full maps are read instead.")
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     @abstractmethod

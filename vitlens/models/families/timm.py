@@ -24,6 +24,7 @@ from ._residual import no_residual_blocks, resnet_unit, site, transformer_block
 from .base import (
     AttentionBlock,
     EmitAttention,
+    EmitQueryKey,
     FamilyAdapter,
     PositionTable,
     Preprocessing,
@@ -32,7 +33,7 @@ from .base import (
 )
 from .registry import register_family
 
-__all__ = ["TimmAdapter", "KNOWN_ATTENTION", "attn_drop_capture"]
+__all__ = ["TimmAdapter", "KNOWN_ATTENTION", "attn_drop_capture", "fused_query_key"]
 
 # Attention classes whose explicit path is softmax(...) -> attn_drop -> @ v, with a fused_attn flag.
 _KNOWN = [
@@ -165,6 +166,21 @@ class TimmAdapter(FamilyAdapter):
 
     def exact_attention(self, blocks: Sequence[int], emit: EmitAttention):
         return attn_drop_capture(self.attention_blocks(), blocks, emit, "this timm version's attention code")
+
+    def exact_query_key(self, blocks: Sequence[int], emit: EmitQueryKey):
+        """Inside: ``emit(i, qk)`` with the q, k and bias (BEiT's relative position bias, a mask) each
+        block passes to ``scaled_dot_product_attention`` on its fused path, after its q/k norms and
+        rotary embedding (EVA). Every ``fused_attn`` flag is set True inside and restored on exit."""
+        all_blocks = self.attention_blocks()
+        keep = kept_blocks(blocks, len(all_blocks))
+        sdpa = _sdpa_classes()
+        for i in keep:
+            if not isinstance(all_blocks[i].module, sdpa):
+                b = all_blocks[i]
+                raise UnsupportedModelError(
+                    f"attention module {b.name} ({type(b.module).__name__}) does not call "
+                    "scaled_dot_product_attention with its own queries and keys; its full maps are read instead.")
+        return fused_query_key(all_blocks, keep, emit, "this timm version's attention code")
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     def _target_layout(self, input_size) -> TokenLayout:
@@ -366,6 +382,30 @@ class TimmAdapter(FamilyAdapter):
         if input_size is not None:
             args["input_size"] = (3, *size_pair(input_size))
         return timm.data.resolve_data_config(args, model=m)
+
+
+def _sdpa_classes() -> tuple[type, ...]:
+    """timm attention classes whose fused path is ``scaled_dot_product_attention(q, k, v, attn_mask=bias)``
+    with q and k as the block attends with them (ParallelScalingBlock fuses more than attention)."""
+    return tuple(c for c in KNOWN_ATTENTION if c.__name__ != "ParallelScalingBlock")
+
+
+@contextmanager
+def fused_query_key(all_blocks: Sequence[AttentionBlock], keep: Sequence[int], emit: EmitQueryKey, what: str,
+                    reshape=None) -> Iterator[None]:
+    """timm's fused path on every block (``fused_attn = True``, restored on exit), each kept block's
+    ``scaled_dot_product_attention`` call read by :func:`~vitlens.models.families._sdpa.sdpa_query_key`."""
+    from ._sdpa import sdpa_query_key
+
+    saved = [(b.module, b.module.fused_attn) for b in all_blocks if hasattr(b.module, "fused_attn")]
+    try:
+        for mod, _ in saved:
+            mod.fused_attn = True
+        with sdpa_query_key(all_blocks, keep, emit, what, reshape=reshape):
+            yield
+    finally:
+        for mod, flag in saved:
+            mod.fused_attn = flag
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from ...runtime.errors import UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
 from ..windows import BlockGeometry, WindowLayout
-from .base import AttentionBlock, EmitAttention, FamilyAdapter, PositionTable, Preprocessing
+from .base import AttentionBlock, EmitAttention, EmitQueryKey, FamilyAdapter, PositionTable, Preprocessing
 from .registry import register_family
 
 __all__ = ["TimmWindowedAdapter", "no_token_layout"]
@@ -144,6 +144,32 @@ class TimmWindowedAdapter(FamilyAdapter):
 
         return attn_drop_capture(all_blocks, blocks, emit, "this timm version's window attention",
                                  reshape=unfold if self.kind == "sam" else None)
+
+    def exact_query_key(self, blocks: Sequence[int], emit: EmitQueryKey):
+        """SAM's encoder: ``emit(i, qk)`` with every block's q, k and decomposed relative position bias
+        as its fused path passes them to ``scaled_dot_product_attention`` (heads unfolded from the
+        batch axis: ``[batch * window, head, token, head_dim]``). Swin and Swin-V2 (shift masks,
+        cosine attention on their own explicit path) are read as full window maps instead."""
+        if self.kind != "sam":
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__}'s window attention is read as full window maps (small: one "
+                "window's tokens squared), not recomputed from queries and keys.")
+        from .base import QueryKey, kept_blocks
+        from .timm import fused_query_key
+
+        all_blocks = self.attention_blocks()
+        keep = kept_blocks(blocks, len(all_blocks))
+
+        def unfold(i: int, qk: QueryKey) -> QueryKey:  # [batch * window * head, token, head_dim]
+            h = all_blocks[i].num_heads
+            q, k = qk.q.reshape(-1, h, *qk.q.shape[-2:]), qk.k.reshape(-1, h, *qk.k.shape[-2:])
+            bias = qk.bias
+            if bias is not None:
+                inner = bias
+                bias = lambda s, e: (lambda b: b.reshape(-1, h, *b.shape[-2:]) if b.ndim == 3 else b)(inner(s, e))
+            return QueryKey(q=q, k=k, scale=qk.scale, bias=bias)
+
+        return fused_query_key(all_blocks, keep, emit, "this timm version's SAM attention", reshape=unfold)
 
     # -- tables, outputs, filters, preprocessing -----------------------------------------------
     def position_table(self, input_size: int | Sequence[int] | None = None, *,

@@ -23,11 +23,12 @@ import torch.nn as nn
 from ...runtime.errors import ModelLoadError, UnsupportedModelError
 from ...runtime.sizes import size_pair
 from ..tokens import TokenLayout
-from ._mha import capture_mha
+from ._mha import capture_mha, mha_query_key
 from ._residual import no_residual_blocks, resnet_unit, site, transformer_block
 from .base import (
     AttentionBlock,
     EmitAttention,
+    EmitQueryKey,
     FamilyAdapter,
     PositionTable,
     Preprocessing,
@@ -103,6 +104,14 @@ class TorchvisionAdapter(FamilyAdapter):
         all_blocks = self.attention_blocks()
         keep = kept_blocks(blocks, len(all_blocks))
         return capture_mha([(i, all_blocks[i].name, all_blocks[i].module) for i in keep], emit)
+
+    def exact_query_key(self, blocks: Sequence[int], emit: EmitQueryKey) -> AbstractContextManager:
+        """Inside: ``emit(i, qk)`` with each block's q and k recomputed from its input with the
+        module's packed ``in_proj`` (:func:`~vitlens.models.families._mha.mha_query_key`); the
+        module's own call is left on its fast path."""
+        all_blocks = self.attention_blocks()
+        keep = kept_blocks(blocks, len(all_blocks))
+        return mha_query_key([(i, all_blocks[i].name, all_blocks[i].module) for i in keep], emit)
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     def position_table(self, input_size: int | Sequence[int] | None = None, *,

@@ -32,6 +32,7 @@ from ._residual import no_residual_blocks, site, transformer_block
 from .base import (
     AttentionBlock,
     EmitAttention,
+    EmitQueryKey,
     FamilyAdapter,
     PositionTable,
     Preprocessing,
@@ -197,6 +198,22 @@ class TransformersAdapter(FamilyAdapter):
         """Inside: ``emit(i, attn)`` with ``attn`` ``[batch, head, query, key]`` for each block in
         ``blocks``, the eager path's own probabilities."""
         return returned_weights_capture(self.attention_blocks(), blocks, emit, self._configs())
+
+    def exact_query_key(self, blocks: Sequence[int], emit: EmitQueryKey):
+        """Inside: ``emit(i, qk)`` with the q, k, scale and mask each attention module passes to
+        ``scaled_dot_product_attention``: every config is switched to ``"sdpa"`` (the fast path) on
+        entry and restored on exit. BEiT's relative position bias is not passed that way in every
+        transformers release, so BEiT is read as full maps."""
+        if self.model_type == "beit":
+            raise UnsupportedModelError(
+                "transformers' BEiT adds its relative position bias outside the attention call in some "
+                "releases, so its queries and keys alone do not give its probabilities; its full maps are read.")
+        from ._sdpa import sdpa_query_key
+
+        all_blocks = self.attention_blocks()
+        keep = kept_blocks(blocks, len(all_blocks))
+        return _switched(self._configs(), "sdpa", sdpa_query_key(all_blocks, keep, emit,
+                                                                 "this transformers version's attention"))
 
     # -- tables, outputs, filters, preprocessing ---------------------------------------------
     def _table(self) -> torch.Tensor | None:
@@ -401,6 +418,21 @@ def load(name: str, *, pretrained: bool = True, checkpoint: str | os.PathLike | 
     source = {"name": name, "architecture": type(model).__name__, "tag": None, "weights": weights,
               "model_type": _model_type(model)}
     return finish_loading(model, source, device)
+
+
+@contextmanager
+def _switched(configs: Sequence, implementation: str, inner) -> Iterator[None]:
+    """Every config's attention implementation set to ``implementation`` around ``inner`` (a context),
+    restored on exit, also when the body raises."""
+    saved = [(c, _get_impl(c)) for c in configs]
+    try:
+        for c, _ in saved:
+            _set_impl(c, implementation)
+        with inner:
+            yield
+    finally:
+        for c, value in saved:
+            _set_impl(c, value)
 
 
 @contextmanager
