@@ -58,7 +58,6 @@ __all__ = [
     "patch_map", "layer_matrix", "readout_vector", "row_rollout", "image_keys", "check_settings", "HEAD_FUSIONS", "METHODS", "READOUTS",
 ]
 
-_ROW_BUDGET_BYTES = 1 << 30  # the per-layer matrices one batch may keep for the row-vector readout
 
 
 class RolloutSettingsError(VitlensError, ValueError):
@@ -425,29 +424,21 @@ def _run_batch(model: nn.Module, x: torch.Tensor, layout: TokenLayout, layers: l
     name = type(model).__name__
     joint = None
     if method == "rollout":
-        # Only one row of R is read out, so each layer's A_hat is kept and the row vector is carried
-        # through them afterwards (N^2 per layer); past a memory budget the N x N product is folded
-        # layer by layer instead (N^3 per layer, flat memory). Both give the same map.
-        by_rows = len(layers) * x.shape[0] * layout.num_tokens ** 2 * 8 <= _ROW_BUDGET_BYTES
-        state: dict = {"joint": None, "matrices": []}
+        # The joint matrix is folded layer by layer as the forward pass reaches each block, so memory
+        # holds one N x N product per image whatever the depth (no per-layer or per-head copies are
+        # kept; each layer's maps are fused over heads as soon as they are formed).
+        state: dict = {"joint": None}
 
         def fold(_layer: int, attn: torch.Tensor) -> None:
             a = layer_matrix(float32_probabilities(attn), head_fusion=head_fusion, discard_ratio=discard_ratio,
                              residual_weight=residual_weight, class_token_index=layout.class_token_index)
-            if by_rows:
-                state["matrices"].append(a)
-            else:
-                state["joint"] = a if state["joint"] is None else a @ state["joint"]
+            state["joint"] = a if state["joint"] is None else a @ state["joint"]
 
         with torch.no_grad(), capture_attention(model, layers=layers, callback=fold), autocast(x.device, precision):
             out = forward_of(model)(x)
-        if state["joint"] is None and not state["matrices"]:
+        if state["joint"] is None:
             raise UnsupportedModelError(f"{name} ran without any attention block being captured.")
-        if by_rows:
-            pm = row_rollout(state["matrices"], layout, readout)
-            state["matrices"].clear()
-        else:
-            joint = state["joint"]
+        joint = state.pop("joint")
         if isinstance(out, torch.Tensor) and out.ndim == 2 and getattr(model, "num_classes", 1):
             predicted = out.argmax(dim=-1)
             target = _targets(target_class, out, indices)
