@@ -217,7 +217,7 @@ _add(Preset(
         PaperFigure(
             key="fig7", label="Fig. 7",
             finding="The ratio of skip-path to branch norm is much higher in the ViT than in the ResNet.",
-            panels=(Panel("skip_ratios", ("vit_large_patch16_224.orig_in21k", "resnet50.a1_in1k"),
+            panels=(Panel("skip_ratios", ("vit_large_patch16_224.orig_in21k", "resnetv2_50x1_bit.goog_in21k"),
                           "Skip-connection norm ratio by block"),)),
         PaperFigure(
             key="fig9", label="Fig. 9",
@@ -231,11 +231,9 @@ _add(Preset(
         "vit_large_patch16_224.orig_in21k": "ViT-L/16, ImageNet-21k (Google's original weights)",
         "vit_base_patch32_224.augreg_in21k": "ViT-B/32 (7 x 7 tokens, as in Fig. 9), ImageNet-21k",
         "resnetv2_50x1_bit.goog_in21k": "ResNet-50 (BiT-M), ImageNet-21k",
-        "resnet50.a1_in1k": "ResNet-50 (timm), ImageNet-1k: the skip ratios cannot read BiT's pre-activation blocks",
     },
-    note="The paper's models were trained on JFT-300M (not public); ImageNet-21k stands in. The skip ratios "
-         "read timm's ResNet-50, as vitlens cannot read the residual branches of BiT's pre-activation "
-         "ResNetV2. CKA needs minibatches of at least 4 images.",
+    note="The paper's models were trained on JFT-300M (not public); ImageNet-21k stands in. CKA needs "
+         "minibatches of at least 4 images.",
 ))
 
 _add(Preset(
