@@ -19,6 +19,7 @@ from vitlens.analyses.attention.streaming import attention_distance
 from vitlens.capture.attention import capture_attention
 from vitlens.capture.chunked import capture_attention_rows, chunk_rows, resolve_attention_path
 from vitlens.models.families.registry import adapter_for
+from vitlens.models.layout import token_layout
 from vitlens.models.tokens import TokenLayout
 from vitlens.runtime.errors import UnsupportedModelError
 
@@ -418,3 +419,19 @@ def test_distance_command_refuses_a_bad_memory_budget(tmp_path):
     rc = main(["distance", "--model", "vit_tiny_patch16_224", "--random-init", "--images", str(tmp_path / "imgs"),
                "--out", str(tmp_path / "out"), "--attention-memory", "0"])
     assert rc == 2 and not (tmp_path / "out").exists()
+
+
+def test_auto_reads_whole_maps_that_fit_the_budget_and_forms_rows_for_larger_ones():
+    """``auto``: a batch whose whole map fits the budget is read from the model (as fast as its
+    forward pass); a larger one is formed a block of query rows at a time; both give one result."""
+    model = build("vit")
+    x = batch("vit", n=4)
+    n, heads = token_layout(model).num_tokens, model.blocks[0].attn.num_heads
+    fits_two = 2 * heads * n * n * 4 * 4 / 2 ** 20  # MB: batches of 2 fit, batches of 4 do not
+    small = attention_distance(model, x, batch_size=2, attention_path="auto", attention_memory=fits_two)
+    large = attention_distance(model, x, batch_size=4, attention_path="auto", attention_memory=fits_two)
+    mixed = attention_distance(model, x[:3], batch_size=2, attention_path="auto", attention_memory=fits_two * 0.6)
+    assert small.attention_path == "full" and "fit the memory budget" in small.attention_path_note
+    assert large.attention_path == "chunked" and mixed.attention_path == "full and chunked"
+    for name in ("distance", "entropy", "prefix_share"):
+        np.testing.assert_allclose(getattr(large, name), getattr(small, name), rtol=2e-5, atol=2e-5)

@@ -359,10 +359,18 @@ class DistanceAccumulator:
 
     def path_fields(self) -> dict:
         """The result's ``attention_path`` and ``attention_path_note``."""
-        note = self.attention_path_note
-        if self.attention_path == "chunked" and self.attention_memory is not None:
+        path, note = self.attention_path, self.attention_path_note
+        used = getattr(self, "paths_used", set())
+        if path == "chunked" and used == {"full"}:
+            path, note = "full", ("full maps: every batch's whole map of a block fit the memory budget, so the "
+                                  "model's own probabilities were read (larger maps are formed a block of query "
+                                  "rows at a time)")
+        elif path == "chunked" and used == {"full", "chunked"}:
+            path, note = "full and chunked", ("full maps for the batches whose whole map fit the memory budget, "
+                                              "chunked rows for the others")
+        if "chunked" in path and self.attention_memory is not None:
             note += f" (memory budget {self.attention_memory:g} MB per block)"
-        return {"attention_path": self.attention_path, "attention_path_note": note}
+        return {"attention_path": path, "attention_path_note": note}
 
     def _quantile(self, q: float) -> np.ndarray:
         cdf = np.cumsum(self.hist, axis=-1)

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from ...capture.attention import capture_attention
-from ...capture.chunked import DEFAULT_ATTENTION_MEMORY_MB, capture_attention_rows, resolve_attention_path
+from ...capture.chunked import DEFAULT_ATTENTION_MEMORY_MB, ROW_COPIES, capture_attention_rows, resolve_attention_path
 from ...models.layout import token_layout
+from ...models.tokens import TokenLayout
 from ...models.loading import model_name
 from ...runtime.batches import check_images, iter_batches, num_images
 from ...runtime.modes import eval_mode
@@ -39,8 +40,11 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
     forward = forward_of(model)
     chunked = getattr(accumulator, "attention_path", "full") == "chunked"
     memory = getattr(accumulator, "attention_memory", None) or DEFAULT_ATTENTION_MEMORY_MB
+    auto = getattr(accumulator, "attention_path_requested", "full") == "auto"
     for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
-        capture = (capture_attention_rows(model, callback=accumulator.update_rows, memory_mb=memory) if chunked
+        rows = chunked and not (auto and whole_maps_fit(accumulator, x.shape[0], memory))
+        accumulator.paths_used.add("chunked" if rows else "full")
+        capture = (capture_attention_rows(model, callback=accumulator.update_rows, memory_mb=memory) if rows
                    else capture_attention(model, callback=accumulator.update))
         with torch.no_grad(), eval_mode(model), capture:
             with autocast(device, precision):
@@ -49,13 +53,26 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
         yield idx
 
 
+def whole_maps_fit(accumulator, batch: int, memory_mb: float) -> bool:
+    """Whether one block's whole map for a batch, ``[batch, head, N, N]`` with the reduction's
+    float32 temporaries, fits ``memory_mb``: then the ``auto`` path reads the model's own maps
+    (as fast as the forward pass) instead of forming the rows again. Windowed models keep the rows
+    path for their global blocks."""
+    layout = getattr(accumulator, "layout", None)
+    if not isinstance(layout, TokenLayout):
+        return False
+    n = layout.num_tokens
+    return batch * accumulator.max_heads * n * n * 4 * ROW_COPIES <= memory_mb * 2 ** 20
+
+
 def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixConvention = "renormalize",
                     units: Unit = "px", attention_path: str = "auto",
                     attention_memory: float = DEFAULT_ATTENTION_MEMORY_MB) -> DistanceAccumulator:
     """An empty accumulator shaped for ``model``'s layers, heads and token layout; for a windowed
     model (its adapter has ``window_layout``: Swin, Swin-V2, SAM) a
     :class:`~vitlens.analyses.attention.windowed_distance.WindowedDistanceAccumulator` over its window layout.
-    ``attention_path`` (``auto``, ``chunked``, ``full``) is resolved here
+    ``attention_path`` (``auto``, ``chunked``, ``full``) is resolved here; with ``auto`` a batch whose
+    whole maps fit the budget reads them (:func:`whole_maps_fit`) and larger ones take the rows path, and
     (:func:`~vitlens.capture.chunked.resolve_attention_path`) and kept with ``attention_memory`` (MB)
     as the accumulator's ``attention_path``, ``attention_path_note`` and ``attention_memory``."""
     from ...models.families.registry import adapter_for
@@ -72,6 +89,7 @@ def new_accumulator(model: nn.Module, input_size=None, *, prefix_tokens: PrefixC
     acc.layer_names = tuple(b.name for b in blocks)  # what the result is labelled with
     acc.depths = tuple(b.depth for b in blocks)
     acc.attention_path, acc.attention_path_note = resolve_attention_path(model, attention_path)
+    acc.attention_path_requested, acc.max_heads, acc.paths_used = attention_path, max(b.num_heads for b in blocks), set()
     acc.attention_memory = float(attention_memory)
     if not acc.attention_memory > 0:
         raise ValueError(f"attention_memory must be positive, got {attention_memory} MB")
