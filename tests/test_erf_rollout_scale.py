@@ -47,9 +47,10 @@ def _erf_args(images, out, *extra):
 
 
 def _rollout_args(images, out, *extra):
+    batch = [] if "--batch-size" in extra else ["--batch-size", "2"]
     return ["rollout", "--model", "test_vit", "--random-init", "--input-size", "48", "--images", str(images),
             "--out", str(out), "--method", "grad-rollout", "--deletion-steps", "3", "--sheet-max", "3",
-            "--batch-size", "2", *extra]
+            *batch, *extra]
 
 
 

@@ -102,6 +102,8 @@ def test_interrupt_resumable_job_mid_run(tmp_path, images, command):
     out = tmp_path / "out"
     argv = [command, "--model", MODEL, "--random-init", "--images", str(images), "--out", str(out),
             "--batch-size", "1"]
+    if command == "distance":  # one query row at a time: slow enough to be caught mid-run
+        argv += ["--attention-path", "chunked", "--attention-memory", "0.0001"]
     err_path = tmp_path / "err"
     p = _start(argv, err_path)
     err = _interrupt(p, err_path, lambda: "/24" in err_path.read_text() and " 2/24" in err_path.read_text())

@@ -152,8 +152,9 @@ def images(tmp_path_factory):
     return d
 
 
-def _args(images, out, *models):
-    argv = ["localization", "--random-init", "--images", str(images), "--out", str(out), "--batch-size", "4"]
+def _args(images, out, *models, batch_size=4):
+    argv = ["localization", "--random-init", "--images", str(images), "--out", str(out), "--batch-size",
+            str(batch_size)]
     for m in models:
         argv += ["--model", m]
     return argv
@@ -173,7 +174,7 @@ def test_command_writes_the_files(tmp_path, images):
     assert (f.n_images == 8).all() and (f.n_batches == 2).all()
     rec = json.loads((out / "run.json").read_text())
     assert rec["command"] == "localization" and rec["models"][1]["cell"] == [32, 32]
-    assert run(_args(images, tmp_path / "bad", "resnet18") + ["--batch-size", "3"]) == 2
+    assert run(_args(images, tmp_path / "bad", "resnet18", batch_size=3)) == 2
 
 
 def test_two_processes_give_the_one_process_result(tmp_path, images):

@@ -39,6 +39,8 @@ def _required(command: str) -> list[str]:
     for a in p._actions:
         if a.required and a.option_strings:
             argv += [a.option_strings[0], *_value(a)]
+        elif not a.option_strings and a.nargs not in ("?", "*"):  # a positional (the preset of reproduce)
+            argv += _value(a)
     return argv
 
 
@@ -46,7 +48,8 @@ CASES = [(c, a.option_strings[0]) for c in COMMANDS for a in _valued_options(c)]
 
 
 def test_every_command_has_valued_options_to_check():
-    assert {c for c, _ in CASES} >= set(COMMAND_HELP) | {"info"}
+    # fetch takes only preset names (a positional list) and switches
+    assert {c for c, _ in CASES} >= (set(COMMAND_HELP) - {"fetch"}) | {"info"}
 
 
 @pytest.mark.parametrize("command,flag", CASES, ids=[f"{c}{f}" for c, f in CASES])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["MODEL_NAMES", "HelpFormatter"]
+__all__ = ["MODEL_NAMES", "HelpFormatter", "RawDescriptionHelpFormatter"]
 
 #: What a model name can be, for every option that takes one (``--model``, ``--vit``, ``--cnn``).
 MODEL_NAMES = ("a timm name, optionally with a pretrained tag (vit_base_patch16_224.augreg2_in21k_ft_in1k), "
@@ -25,3 +25,8 @@ class HelpFormatter(argparse.HelpFormatter):
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` that keeps the description's and epilog's own line breaks (a list of
+    presets, for example)."""

@@ -41,6 +41,8 @@ def stream_distance(model: nn.Module, images, accumulator: "DistanceAccumulator"
     chunked = getattr(accumulator, "attention_path", "full") == "chunked"
     memory = getattr(accumulator, "attention_memory", None) or DEFAULT_ATTENTION_MEMORY_MB
     auto = getattr(accumulator, "attention_path_requested", "full") == "auto"
+    if not hasattr(accumulator, "paths_used"):  # an accumulator made without new_accumulator
+        accumulator.paths_used = set()
     for x, idx in iter_batches(images, batch_size, indices=indices, workers=workers):
         rows = chunked and not (auto and whole_maps_fit(accumulator, x.shape[0], memory))
         accumulator.paths_used.add("chunked" if rows else "full")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
 from ...presets import PRESETS, preset_help
 from ...runtime.errors import VitlensError
+from ...runtime.help import RawDescriptionHelpFormatter
 from ...runtime.precision import PRECISIONS
 
 __all__ = ["register", "parse_swaps"]
@@ -30,7 +30,7 @@ def parse_swaps(items) -> dict[str, str]:
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
         "reproduce", parents=[common(models=False, images=True, out=True)], help=REPRODUCE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
         description="Redraw a paper's figures on the paper's public checkpoints over an image folder "
                     "(searched recursively: an ImageNet validation folder, flat or a folder per class). Writes "
                     "OUT/index.html (each figure beside the paper's finding, with whether this run shows it), "

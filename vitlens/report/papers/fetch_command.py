@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 
 from ...presets import PRESETS, preset_help
+from ...runtime.help import RawDescriptionHelpFormatter
 
 __all__ = ["register"]
 
@@ -13,7 +13,7 @@ FETCH_HELP = "download a preset's pretrained weights into the local hub cache (f
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
-        "fetch", help=FETCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fetch", help=FETCH_HELP, formatter_class=RawDescriptionHelpFormatter,
         description="Download the pretrained weights of a preset's checkpoints into the local Hugging Face hub "
                     "cache (HF_HOME), so that vitlens reproduce runs offline there or on a machine the cache is "
                     "copied to. Weights already cached are kept.",
