@@ -261,6 +261,24 @@ def test_readme_numbers_are_the_figures_numbers():
                  f"CKA {k['cross']['max']:.2f} between {k['cross']['layer_a']} and the ResNet's stem "
                  f"{k['cross']['layer_b']}"):
         assert text in readme, text
+    v, c = "vitlens/vit-tiny-shapes", "vitlens/resnet-tiny-shapes"
+    sk, lo, pr = s["skip"], s["localization"], s["probes"]
+    for text in (f"of {sk[v]['mean']:.2f} (attention {sk[v]['by_sublayer']['attention']:.2f}, MLP "
+                 f"{sk[v]['by_sublayer']['mlp']:.2f}) against {sk[c]['mean']:.2f} for the ResNet's",
+                 f"({sk[v]['prefix_first']:.2f} against {sk[v]['patch_first']:.2f} in the first half, "
+                 f"{sk[v]['prefix_second']:.2f} against {sk[v]['patch_second']:.2f} in the second)",
+                 f"{100 * lo[v]['own_patch_share']:.0f}% of the ViT's last-block tokens",
+                 f"(CKA {lo[v]['cka_own']:.2f} at the own patch against {lo[v]['cka_other']:.2f} elsewhere)",
+                 f"(CKA {lo[c]['cka_own']:.2f} at the own patch, {lo[c]['cka_other']:.2f} elsewhere)",
+                 f"rise from {100 * pr[v]['cls']['first']:.0f}% in its first block to {100 * pr[v]['cls']['last']:.0f}% "
+                 f"in its last", f"patch tokens reaches {100 * pr[v]['gap']['last']:.0f}% and single tokens "
+                 f"{100 * pr[v]['token']['last']:.0f}%", f"features reach {100 * pr[c]['gap']['last']:.0f}%"):
+        assert text in readme, text
+    # the directions the readings state
+    assert sk[v]["mean"] > sk[c]["mean"]
+    assert sk[v]["prefix_first"] < sk[v]["patch_first"] and sk[v]["prefix_second"] < sk[v]["patch_second"]
+    assert lo[v]["cka_own"] - lo[v]["cka_other"] > lo[c]["cka_own"] - lo[c]["cka_other"]
+    assert pr[v]["cls"]["last"] > pr[v]["gap"]["last"] > pr[v]["token"]["last"]
     cost = " ".join(s["cost_reading"])
     for text in ("from 256 px (1025 tokens) on, and are 0.67 of them at 128 px", "peaks at 0.61 times",
                  "FLOPs grow as pixels^1.40 for the ViT and pixels^1.00 for the ResNet"):
