@@ -27,8 +27,33 @@ def images(tmp_path_factory):
     return d
 
 
-def _start(argv, err_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+SLOW_DECODE = """
+import time
+import PIL.Image
+
+_open = PIL.Image.open
+
+
+def _slow_open(*args, **kwargs):
+    time.sleep(0.25)
+    return _open(*args, **kwargs)
+
+
+PIL.Image.open = _slow_open
+"""
+
+
+def _start(argv, err_path: Path, slow_decode: bool = False) -> subprocess.Popen:
+    """Run ``python -m vitlens argv``; with ``slow_decode`` every image takes a quarter of a second
+    to open (a ``sitecustomize`` in the child only), so that a fast machine cannot finish the run
+    before the test interrupts it."""
+    path = str(ROOT)
+    if slow_decode:
+        site = err_path.parent / "slow_site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(SLOW_DECODE)
+        path = str(site) + os.pathsep + path
+    env = {**os.environ, "PYTHONPATH": path + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "vitlens", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(err_path, "w"))
@@ -102,10 +127,8 @@ def test_interrupt_resumable_job_mid_run(tmp_path, images, command):
     out = tmp_path / "out"
     argv = [command, "--model", MODEL, "--random-init", "--images", str(images), "--out", str(out),
             "--batch-size", "1"]
-    if command == "distance":  # one query row at a time: slow enough to be caught mid-run
-        argv += ["--attention-path", "chunked", "--attention-memory", "0.0001"]
     err_path = tmp_path / "err"
-    p = _start(argv, err_path)
+    p = _start(argv, err_path, slow_decode=True)
     err = _interrupt(p, err_path, lambda: "/24" in err_path.read_text() and " 2/24" in err_path.read_text())
     _clean_stop(p, err)
     assert "--resume" in err
