@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..runtime.errors import UnsupportedModelError
 
-__all__ = ["OutputCapture", "capture_outputs"]
+__all__ = ["OutputCapture", "capture_outputs", "resolve_layers"]
 
 
 class _Stop(Exception):
@@ -132,3 +133,24 @@ def default_layers(model: nn.Module) -> list[str]:
     from ..models.families.registry import adapter_for
 
     return adapter_for(model).block_outputs()
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """Layers in module registration order and their depth fractions: the position in the model's
+    default layer list over its length minus one (for other layers, among those measured)."""
+    mods = [n for n, _ in model.named_modules()]
+    try:
+        defaults = default_layers(model)
+    except UnsupportedModelError:
+        if layers is None:
+            raise
+        defaults = []
+    layers = list(defaults if layers is None else layers)
+    unknown = [l for l in layers if l not in mods]
+    if unknown or not layers or len(set(layers)) != len(layers):
+        raise UnsupportedModelError(f"{type(model).__name__} layers must be distinct module names it has; "
+                                    f"{', '.join(unknown) or 'none or repeated'} given.")
+    layers.sort(key=mods.index)
+    base = defaults if all(l in defaults for l in layers) else layers
+    depth = np.array([base.index(l) for l in layers], dtype=np.float64)
+    return layers, depth / (len(base) - 1) if len(base) > 1 else np.zeros(len(layers))

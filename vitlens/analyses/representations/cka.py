@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...capture.outputs import capture_outputs, default_layers
+from ...capture.outputs import capture_outputs, resolve_layers
 from ...models.families.registry import forward_of
 from ...models.layout import is_vit, token_layout
 from ...runtime.batches import iter_batches, num_images
@@ -152,26 +152,6 @@ class CKAAccumulator:
 
 # --------------------------------------------------------------------------- reading models
 
-def _resolve(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
-    """Layers in registration order, and their depth fractions (see the module docstring)."""
-    mods = [n for n, _ in model.named_modules()]
-    try:
-        defaults = default_layers(model)
-    except UnsupportedModelError:
-        if layers is None:
-            raise
-        defaults = []
-    layers = list(defaults if layers is None else layers)
-    unknown = [l for l in layers if l not in mods]
-    if unknown or not layers or len(set(layers)) != len(layers):
-        raise UnsupportedModelError(f"{type(model).__name__} layers must be distinct module names it has; "
-                                    f"{', '.join(unknown) or 'none or repeated'} given.")
-    layers.sort(key=mods.index)
-    base = defaults if all(l in defaults for l in layers) else layers
-    depth = np.array([base.index(l) for l in layers], dtype=np.float64)
-    return layers, depth / (len(base) - 1) if len(base) > 1 else np.zeros(len(layers))
-
-
 class FeatureReader:
     """The flattened features ``[n, features]`` of ``layers`` of ``model`` for one batch, per the
     ``representation`` (see the module docstring); runs the model in eval mode without gradients."""
@@ -182,7 +162,7 @@ class FeatureReader:
         if representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
         self.model, self.representation, self.precision = model, representation, precision
-        self.layers, self.depth_fraction = _resolve(model, layers)
+        self.layers, self.depth_fraction = resolve_layers(model, layers)
         self.vit = is_vit(model)
         self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC" and not self.vit
         p = next(iter(model.parameters()), None)

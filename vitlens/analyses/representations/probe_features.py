@@ -25,37 +25,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...capture.outputs import capture_outputs, default_layers
+from ...capture.outputs import capture_outputs, resolve_layers
 from ...models.families.registry import adapter_for, forward_of
 from ...models.layout import is_vit, token_layout
 from ...runtime.errors import UnsupportedModelError
 from ...runtime.modes import eval_mode
 from ...runtime.precision import autocast, check_precision
 
-__all__ = ["REPRESENTATIONS", "ProbeFeatures", "resolve_layers"]
+__all__ = ["REPRESENTATIONS", "ProbeFeatures"]
 
 REPRESENTATIONS = ("cls", "gap", "token")
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
-    """Layers in module registration order and their depth fractions: the position in the model's
-    default layer list over its length minus one (for other layers, among those measured)."""
-    mods = [n for n, _ in model.named_modules()]
-    try:
-        defaults = default_layers(model)
-    except UnsupportedModelError:
-        if layers is None:
-            raise
-        defaults = []
-    layers = list(defaults if layers is None else layers)
-    unknown = [l for l in layers if l not in mods]
-    if unknown or not layers or len(set(layers)) != len(layers):
-        raise UnsupportedModelError(f"{type(model).__name__} layers must be distinct module names it has; "
-                                    f"{', '.join(unknown) or 'none or repeated'} given.")
-    layers.sort(key=mods.index)
-    base = defaults if all(l in defaults for l in layers) else layers
-    depth = np.array([base.index(l) for l in layers], dtype=np.float64)
-    return layers, depth / (len(base) - 1) if len(base) > 1 else np.zeros(len(layers))
 
 
 class ProbeFeatures:
