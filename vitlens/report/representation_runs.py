@@ -8,6 +8,7 @@ is laid out as one folder per class (or has a ``labels.csv``). Figures go to ``f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,37 +79,37 @@ def representation_sections(chosen: Sequence[str], models, names: Sequence[str],
                 refused.append(f"{name}: {e}")
         return done, refused
 
-    def finish(section: Section, refused: list[str]) -> Section:
-        if not refused:
-            return section
-        from dataclasses import replace
-        return replace(section, note="Not measured: " + " ".join(refused))
+    def save(done: list, table: str, image: str, figure) -> None:
+        """The table and figure of every measured model."""
+        save_csv(data / table, pd.concat([r.to_frame() for r in done], ignore_index=True))
+        fig = figure(done)
+        save_figure(fig, figs / image)
+        plt.close(fig)
+
+    def section(key: str, done: list, refused: list[str], build) -> Section:
+        """The section of the measured models, noting the refused ones; the refusals alone when none
+        was measured."""
+        why = "Not measured: " + " ".join(refused)
+        if not done:
+            return Section(REPRESENTATION_SECTIONS[key], anchor=key, reading=[why])
+        built = build(done)
+        return replace(built, note=why) if refused else built
 
     if "skip" in chosen:
         done, refused = each("skip ratios", lambda m, n: skip_ratios(
             m, sets[id(m)], batch_size=batch_size, precision=precision, workers=workers, name=n))
         if done:
-            save_csv(data / "skip_ratio.csv", pd.concat([r.to_frame() for r in done], ignore_index=True))
-            fig = skip_figure(done)
-            save_figure(fig, figs / "skip.png")
-            plt.close(fig)
-            sections.append(finish(rep.skip_section(done), refused))
-        elif refused:
-            sections.append(Section(REPRESENTATION_SECTIONS["skip"], anchor="skip",
-                                    reading=["Not measured: " + " ".join(refused)]))
+            save(done, "skip_ratio.csv", "skip.png", skip_figure)
+        if done or refused:
+            sections.append(section("skip", done, refused, rep.skip_section))
     if "localization" in chosen:
         done, refused = each("spatial localisation", lambda m, n: spatial_localization(
             m, sets[id(m)], batch_size=batch_size, precision=precision, workers=workers, name=n),
             errors=(UnsupportedModelError, ValueError))  # ValueError: too few images for one CKA minibatch
         if done:
-            save_csv(data / "localization.csv", pd.concat([r.to_frame() for r in done], ignore_index=True))
-            fig = localization_figure(done)
-            save_figure(fig, figs / "localization.png")
-            plt.close(fig)
-            sections.append(finish(rep.localization_section(done), refused))
-        elif refused:
-            sections.append(Section(REPRESENTATION_SECTIONS["localization"], anchor="localization",
-                                    reading=["Not measured: " + " ".join(refused)]))
+            save(done, "localization.csv", "localization.png", localization_figure)
+        if done or refused:
+            sections.append(section("localization", done, refused, rep.localization_section))
     if "probes" in chosen:
         labelled, why = _probe_images(label_roots)
         done, refused = [], []
@@ -118,9 +119,7 @@ def representation_sections(chosen: Sequence[str], models, names: Sequence[str],
                 shots=PROBE_SHOTS, repeats=PROBE_REPEATS, seed=seed, batch_size=batch_size, precision=precision,
                 workers=workers, name=n))
         if done:
-            save_csv(data / "probe.csv", pd.concat([r.to_frame() for r in done], ignore_index=True))
-            fig = probes_figure(done)
-            save_figure(fig, figs / "probes.png")
-            plt.close(fig)
-        sections.append(finish(rep.probe_section(done, skipped=why), refused))
+            save(done, "probe.csv", "probes.png", probes_figure)
+        probes = rep.probe_section(done, skipped=why)
+        sections.append(replace(probes, note="Not measured: " + " ".join(refused)) if refused else probes)
     return sections
